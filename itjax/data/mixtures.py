@@ -1,0 +1,59 @@
+"""Held-out-cluster mixtures (the FLAN protocol) and their overlap check.
+
+`<prefix>_heldout_<cluster>` trains on every task except those in the held-out
+cluster *and in every cluster that any of its datasets belongs to*;
+`<prefix>_heldout_<cluster>_eval` holds the held-out cluster's tasks. A
+mixture whose train and eval sides share a dataset is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import seqio
+
+from itjax.data import templates as tmpl
+from itjax.data.tasks import TASK_INFO, TaskInfo
+
+# FLAN: a dataset contributes at most 3k examples' worth of mixing rate.
+DEFAULT_RATE_CAP = 3000
+
+
+def heldout_split(infos: Sequence[TaskInfo], cluster: str) -> tuple[list[TaskInfo], list[TaskInfo]]:
+  """(train, eval) task infos for holding out `cluster`."""
+  eval_side = [t for t in infos if t.cluster == cluster]
+  if not eval_side:
+    raise ValueError(f"no tasks in cluster {cluster!r}")
+  excluded = {c for t in eval_side for c in t.clusters} | {cluster}
+  train = [t for t in infos if not excluded & set(t.clusters)]
+  check_disjoint(train, eval_side, cluster)
+  return train, eval_side
+
+
+def check_disjoint(train: Sequence[TaskInfo], evals: Sequence[TaskInfo], what: str) -> None:
+  shared = {t.dataset for t in train} & {t.dataset for t in evals}
+  if shared:
+    raise ValueError(f"held-out mixture {what!r}: train and eval share datasets {sorted(shared)}")
+
+
+def eval_variant(infos: Sequence[TaskInfo]) -> list[TaskInfo]:
+  """One task per dataset for evaluation: with options where the dataset has them."""
+  want = {t.dataset: (tmpl.ZERO_SHOT_OPT if t.has_options else tmpl.ZERO_SHOT_NOOPT) for t in infos}
+  return [t for t in infos if t.variant == want[t.dataset]]
+
+
+def register_heldout_mixtures(prefix: str, task_names: Sequence[str], rate_cap: int = DEFAULT_RATE_CAP) -> list[str]:
+  """Registers train/eval mixtures holding out each cluster; returns the names."""
+  infos = [TASK_INFO[n] for n in task_names]
+  rate = functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap)
+  names = []
+  for cluster in sorted({t.cluster for t in infos}):
+    train, evals = heldout_split(infos, cluster)
+    name = f"{prefix}_heldout_{cluster}"
+    seqio.MixtureRegistry.add(name, [t.name for t in train], default_rate=rate)
+    seqio.MixtureRegistry.add(f"{name}_eval", [t.name for t in eval_variant(evals)], default_rate=1.0)
+    seen = eval_variant(train)
+    seqio.MixtureRegistry.add(f"{name}_seen_eval", [t.name for t in seen], default_rate=1.0)
+    names += [name, f"{name}_eval", f"{name}_seen_eval"]
+  return names

@@ -1,0 +1,118 @@
+"""Registering instruction tasks: a source + templates + cluster -> seqio tasks.
+
+One call registers a dataset under every variant (`<dataset>_<variant>`), each
+a `seqio.Task` whose examples carry the metadata evaluation needs: task,
+dataset, cluster, template_id, variant, options and answer. On the training
+split each example is rendered with one template (chosen by a hash of the
+example, so deterministically); on eval splits it is rendered with every
+template that keeps the task's direction (turned-around templates have no
+gold answer to score), so results break down per template as FLAN reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import seqio
+import tensorflow as tf
+
+from itjax.data import templates as tmpl
+from itjax.data.vocab import default_vocabulary
+
+TRAIN_SPLIT = "train"
+# String features every source must provide besides its template fields.
+META_FIELDS = ("answer", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """What the held-out protocol and reports need to know about a task."""
+
+  name: str
+  dataset: str
+  clusters: tuple[str, ...]  # primary cluster first; FLAN lists some datasets in several
+  variant: str
+  num_templates: int
+  has_options: bool
+
+  @property
+  def cluster(self) -> str:
+    return self.clusters[0]
+
+
+TASK_INFO: dict[str, TaskInfo] = {}
+
+
+def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
+  vocab = vocabulary or default_vocabulary()
+  return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
+
+
+def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
+                    dataset: str, cluster: str) -> tf.data.Dataset:
+  """Renders examples: one template each on train, every template on eval splits."""
+
+  def render_one(ex, i):
+    inputs, targets = tmpl.render(templates[i], ex, variant)
+    return {
+        "inputs": inputs, "targets": targets, "answer": ex["answer"], "options": ex["options"],
+        "task": tf.constant(task), "dataset": tf.constant(dataset), "cluster": tf.constant(cluster),
+        "variant": tf.constant(variant), "template_id": tf.constant(i, tf.int32),
+    }
+
+  def render_chosen(ex):
+    i = tmpl.example_hash(ex, len(templates))
+    branches = [functools.partial(render_one, ex, j) for j in range(len(templates))]
+    out = tf.switch_case(tf.cast(i, tf.int32), branches)
+    out["template_id"] = tf.cast(i, tf.int32)
+    return out
+
+  forward = [j for j, t in enumerate(templates) if not t.reverse]
+
+  def render_all(ex):
+    branches = [functools.partial(render_one, ex, j) for j in forward]
+    return tf.data.Dataset.range(len(forward)).map(lambda k: tf.switch_case(tf.cast(k, tf.int32), branches))
+
+  def is_train(ex):
+    return tf.equal(ex["split"], TRAIN_SPLIT)
+
+  train = ds.filter(is_train).map(render_chosen, num_parallel_calls=tf.data.AUTOTUNE)
+  evals = ds.filter(lambda ex: tf.logical_not(is_train(ex))).flat_map(render_all)
+  return train.concatenate(evals)
+
+
+def register_instruction_task(dataset: str, cluster: str | Sequence[str], source: seqio.DataSource,
+                              templates: Sequence[tmpl.Template], *, fields: Sequence[str], has_options: bool,
+                              vocabulary: seqio.Vocabulary | None = None, metric_fns: Sequence = (),
+                              shuffle_buffer_size: int = 10_000) -> list[str]:
+  """Registers `<dataset>_<variant>` seqio tasks; returns their names.
+
+  `fields` names the source's template fields (checked against the templates
+  now, not when data is first read); datasets with answer options get both
+  the with- and without-options variants. Registration never reads data.
+  """
+  tmpl.check_templates(templates, set(fields) | {"answer"}, dataset)
+  clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
+  names = []
+  for variant in tmpl.VARIANTS if has_options else (tmpl.ZERO_SHOT_NOOPT,):
+    name = f"{dataset}_{variant}"
+    seqio.TaskRegistry.add(
+        name, source=source, output_features=output_features(vocabulary),
+        preprocessors=[
+            functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
+                              dataset=dataset, cluster=clusters[0]),
+            seqio.preprocessors.tokenize,
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
+    TASK_INFO[name] = TaskInfo(name, dataset, clusters, variant, len(templates), has_options)
+    names.append(name)
+  return names
+
+
+def task_info(name: str) -> TaskInfo:
+  from itjax.data.registry import require_task  # local: registry imports this module
+  require_task(name)
+  return TASK_INFO[name]

@@ -1,0 +1,88 @@
+"""Flan-style instruction templates, rendered inside the tf.data graph.
+
+A template is a pair of Python format strings over an example's string fields
+(`"Premise: {premise}"`). Rendering is compiled into `tf.strings.join` over the
+literal pieces and feature tensors, so every source (TFDS, JSONL, procedural)
+shares one fast, deterministic path. `{options_}` marks where FLAN's
+`OPTIONS:` list goes; templates without it get the list appended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from collections.abc import Mapping, Sequence
+
+import tensorflow as tf
+
+OPTIONS_FIELD = "options_"
+# Variants of a task; each is registered as its own seqio task (suffix below).
+ZERO_SHOT_OPT = "zs_opt"
+ZERO_SHOT_NOOPT = "zs_noopt"
+VARIANTS = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """One way of phrasing a task; `reverse` marks templates that turn it around."""
+
+  inputs: str
+  targets: str = "{answer}"
+  reverse: bool = False
+
+  def fields(self) -> set[str]:
+    return {f for s in (self.inputs, self.targets) for f in _field_names(s)} - {OPTIONS_FIELD}
+
+
+def _field_names(fmt: str) -> list[str]:
+  return [name for _, name, _, _ in string.Formatter().parse(fmt) if name]
+
+
+def _render(fmt: str, ex: Mapping[str, tf.Tensor], options_text: tf.Tensor) -> tf.Tensor:
+  pieces = []
+  for literal, name, spec, conv in string.Formatter().parse(fmt):
+    if spec or conv:
+      raise ValueError(f"template {fmt!r}: format specs are not supported ({name}:{spec})")
+    if literal:
+      pieces.append(tf.constant(literal))
+    if name:
+      pieces.append(options_text if name == OPTIONS_FIELD else ex[name])
+  return tf.strings.join(pieces) if pieces else tf.constant("")
+
+
+def options_text(options: tf.Tensor) -> tf.Tensor:
+  """FLAN's options suffix: 'OPTIONS:\\n- a\\n- b' (empty when there are none)."""
+  body = tf.strings.reduce_join(tf.strings.join(["- ", options]), separator="\n")
+  return tf.cond(tf.size(options) > 0, lambda: tf.strings.join(["OPTIONS:\n", body]), lambda: tf.constant(""))
+
+
+def render(template: Template, ex: Mapping[str, tf.Tensor], variant: str) -> tuple[tf.Tensor, tf.Tensor]:
+  """Renders (inputs, targets). Inputs end with a newline: a decoder sees the boundary."""
+  # Turned-around templates answer with a field, not an option: no OPTIONS list.
+  with_options = variant == ZERO_SHOT_OPT and not template.reverse
+  opts = options_text(ex["options"]) if with_options else tf.constant("")
+  inputs_fmt = template.inputs
+  if OPTIONS_FIELD not in _field_names(inputs_fmt) and with_options:
+    inputs = _render(inputs_fmt, ex, opts)
+    inputs = tf.cond(tf.strings.length(opts) > 0, lambda: tf.strings.join([inputs, "\n\n", opts]), lambda: inputs)
+  else:
+    inputs = _render(inputs_fmt, ex, opts)
+  inputs = tf.strings.regex_replace(inputs, r"\s+$", "")
+  return tf.strings.join([inputs, "\n"]), _render(template.targets, ex, opts)
+
+
+def check_templates(templates: Sequence[Template], fields: set[str], task: str) -> None:
+  """Fails at registration when a template names a field the source lacks."""
+  if not templates:
+    raise ValueError(f"task {task!r} has no templates")
+  for i, t in enumerate(templates):
+    missing = t.fields() - fields
+    if missing:
+      raise ValueError(f"task {task!r} template {i} uses fields {sorted(missing)} not in {sorted(fields)}")
+
+
+def example_hash(ex: Mapping[str, tf.Tensor], buckets: int) -> tf.Tensor:
+  """A deterministic per-example bucket from its string fields (template choice)."""
+  keys = sorted(k for k, v in ex.items() if v.dtype == tf.string and v.shape.rank == 0)
+  joined = tf.strings.join([ex[k] for k in keys], separator="\x1f")
+  return tf.strings.to_hash_bucket_fast(joined, buckets)

@@ -1,0 +1,221 @@
+"""Decoder-only transformer of the Llama family (Llama, Mistral, Qwen2-style).
+
+RMSNorm, rotary position embeddings (HF "rotate half" convention), SwiGLU MLP,
+grouped-query attention, optional tied embeddings. Every parameter and key
+activation carries logical axis names; sharding is decided by rules outside.
+Attention honours packing (segment ids, positions) and an autoregressive KV
+cache (flax `cache` collection) for decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from itjax.models.layers import MlpBlock, RMSNorm, dense_init, resolve_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Architecture and numerics of a decoder-only model."""
+
+  vocab_size: int = 259
+  emb_dim: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int = 64
+  mlp_dim: int = 768
+  rope_theta: float = 10000.0
+  rope_scaling: dict | None = None  # HF-style, e.g. {"rope_type": "linear", "factor": 2.0}
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  attention_bias: bool = False  # Qwen2 uses biases on q/k/v projections.
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  remat_policy: str = "none"  # none | full | dots_with_no_batch_dims
+  scan_layers: bool = False
+  max_decode_length: int = 2048
+
+  @property
+  def compute_dtype(self):
+    return resolve_dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return resolve_dtype(self.param_dtype)
+
+
+def rope_inv_freq(cfg: DecoderConfig) -> jnp.ndarray:
+  """Inverse frequencies, with HF's linear / llama3 scaling when configured."""
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+  scaling = cfg.rope_scaling or {}
+  kind = scaling.get("rope_type", scaling.get("type", "default"))
+  if kind == "linear":
+    inv = inv / scaling["factor"]
+  elif kind == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_len = scaling.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * jnp.pi / inv
+    smooth = (old_len / wavelen - low) / (high - low)
+    scaled = jnp.where(wavelen > old_len / low, inv / factor, inv)
+    mid = (1 - smooth) * inv / factor + smooth * inv
+    is_mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+    inv = jnp.where(is_mid, mid, scaled)
+  elif kind != "default":
+    raise ValueError(f"unsupported rope_scaling type {kind!r}")
+  return inv
+
+
+def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, inv_freq: jnp.ndarray) -> jnp.ndarray:
+  """Rotates [batch, length, heads, head_dim] by positions [batch, length] (fp32 math)."""
+  freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [b, l, hd/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with packing masks and a KV cache."""
+
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, segment_ids, positions, decode: bool):
+    cfg = self.cfg
+    dt, pdt = cfg.compute_dtype, cfg.params_dtype
+
+    def proj(name, heads):
+      kernel = self.param(
+          f"{name}_kernel",
+          nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", "heads" if name == "q" else "kv_heads", "kv")),
+          (cfg.emb_dim, heads, cfg.head_dim), pdt)
+      y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(dt))
+      if cfg.attention_bias:
+        bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+                          (heads, cfg.head_dim), pdt)
+        y = y + bias.astype(dt)
+      return y
+
+    q = proj("q", cfg.num_heads)
+    k = proj("k", cfg.num_kv_heads)
+    v = proj("v", cfg.num_kv_heads)
+    inv_freq = rope_inv_freq(cfg)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
+
+    if decode:
+      k, v, mask = self._update_cache(k, v, segment_ids)
+    else:
+      # Causal within a segment; segment 0 is padding and attends nowhere.
+      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
+      same = segment_ids[:, :, None] == segment_ids[:, None, :]
+      mask = (causal[None] & same & (segment_ids[:, None, :] != 0))[:, None]
+
+    # jax.nn.dot_product_attention handles GQA and may pick a fused kernel on GPU.
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    o_kernel = self.param(
+        "o_kernel", nn.with_logical_partitioning(dense_init(cfg.num_heads * cfg.head_dim), ("heads", "kv", "embed")),
+        (cfg.num_heads, cfg.head_dim, cfg.emb_dim), pdt)
+    return jnp.einsum("blhd,hde->ble", out, o_kernel.astype(dt))
+
+  def _update_cache(self, k, v, segment_ids):
+    """Writes new keys/values at the cache index; returns full cache and mask."""
+    b, t, kh, hd = k.shape
+    length = self.cfg.max_decode_length
+    ck = self.variable("cache", "cached_key", jnp.zeros, (b, length, kh, hd), k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, (b, length, kh, hd), v.dtype)
+    cseg = self.variable("cache", "cached_segment", jnp.zeros, (b, length), jnp.int32)
+    idx = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    i = idx.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, i, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, i, 0, 0))
+    cseg.value = jax.lax.dynamic_update_slice(cseg.value, segment_ids.astype(jnp.int32), (0, i))
+    idx.value = i + t
+    slot = jnp.arange(length)
+    q_slot = i + jnp.arange(t)
+    causal = slot[None, :] <= q_slot[:, None]  # [t, length]
+    mask = causal[None] & (cseg.value[:, None, :] != 0)
+    return ck.value, cv.value, mask[:, None]
+
+
+class DecoderLayer(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, segment_ids, positions, decode: bool = False):
+    cfg = self.cfg
+    h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="attn_norm")(x)
+    x = x + Attention(cfg, name="attn")(h, segment_ids, positions, decode)
+    h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="mlp_norm")(x)
+    x = x + MlpBlock(cfg.emb_dim, cfg.mlp_dim, "silu", True, cfg.compute_dtype, cfg.params_dtype, name="mlp")(h)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class _ScanLayer(DecoderLayer):
+  """DecoderLayer with the (carry, out) signature that nn.scan expects."""
+
+  @nn.compact
+  def __call__(self, x, segment_ids, positions, decode: bool = False):
+    return super().__call__(x, segment_ids, positions, decode), None
+
+
+def remat_policy(name: str) -> Any:
+  return {
+      "full": None,
+      "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+  }[name]
+
+
+class Decoder(nn.Module):
+  """Token ids [batch, length] -> logits [batch, length, vocab] (float32)."""
+
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, positions=None, decode: bool = False):
+    cfg = self.cfg
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    embed = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+                       (cfg.vocab_size, cfg.emb_dim), cfg.params_dtype)
+    x = jnp.take(embed, tokens, axis=0).astype(cfg.compute_dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    layer_cls = _ScanLayer if cfg.scan_layers else DecoderLayer
+    if cfg.remat_policy != "none":
+      layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), static_argnums=(4,))
+    if cfg.scan_layers:
+      x, _ = nn.scan(
+          layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, name="layers")(x, segment_ids, positions, decode)
+    else:
+      for i in range(cfg.num_layers):
+        x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions, decode)
+
+    x = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="final_norm")(x)
+    if cfg.tie_embeddings:
+      logits = jnp.einsum("ble,ve->blv", x, embed.astype(cfg.compute_dtype))
+    else:
+      head = self.param("lm_head", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", "vocab")),
+                        (cfg.emb_dim, cfg.vocab_size), cfg.params_dtype)
+      logits = jnp.einsum("ble,ev->blv", x, head.astype(cfg.compute_dtype))
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)

@@ -1,0 +1,71 @@
+"""Building blocks shared by the model families (norms, MLPs, initializers)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def resolve_dtype(name: str):
+  try:
+    return _DTYPES[name]
+  except KeyError:
+    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+def dense_init(fan_in: int):
+  """Normal(0, 1/sqrt(fan_in)): variance scaling that ignores the kernel's extra dims."""
+  return nn.initializers.normal(fan_in ** -0.5)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm (T5 layer norm, Llama RMSNorm); statistics in fp32."""
+
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y.astype(self.dtype) * scale.astype(self.dtype))
+
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # T5 v1.1 "gelu_new"
+    "relu": jax.nn.relu,
+}
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block; gated (SwiGLU / GeGLU: act(x W0) * (x W1)) or plain."""
+
+  emb_dim: int
+  mlp_dim: int
+  activation: str = "silu"
+  gated: bool = True
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    def kernel(name, shape, axes, fan_in):
+      return self.param(name, nn.with_logical_partitioning(dense_init(fan_in), axes), shape,
+                        self.param_dtype).astype(self.dtype)
+
+    act = _ACTIVATIONS[self.activation]
+    wi_0 = kernel("wi_0", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
+    h = act(x @ wi_0)
+    if self.gated:
+      wi_1 = kernel("wi_1", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
+      h = h * (x @ wi_1)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    wo = kernel("wo", (self.mlp_dim, self.emb_dim), ("mlp", "embed"), self.mlp_dim)
+    return h @ wo
