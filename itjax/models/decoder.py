@@ -31,7 +31,8 @@ class DecoderConfig:
   head_dim: int = 64
   mlp_dim: int = 768
   rope_theta: float = 10000.0
-  rope_scaling: dict | None = None  # HF-style, e.g. {"rope_type": "linear", "factor": 2.0}
+  # HF-style, e.g. {"rope_type": "linear", "factor": 2.0}; stored as sorted pairs so the config hashes.
+  rope_scaling: dict | tuple | None = None
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   attention_bias: bool = False  # Qwen2 uses biases on q/k/v projections.
@@ -40,6 +41,10 @@ class DecoderConfig:
   remat_policy: str = "none"  # none | full | dots_with_no_batch_dims
   scan_layers: bool = False
   max_decode_length: int = 2048
+
+  def __post_init__(self):
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
 
   @property
   def compute_dtype(self):
@@ -53,7 +58,7 @@ class DecoderConfig:
 def rope_inv_freq(cfg: DecoderConfig) -> jnp.ndarray:
   """Inverse frequencies, with HF's linear / llama3 scaling when configured."""
   inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
-  scaling = cfg.rope_scaling or {}
+  scaling = dict(cfg.rope_scaling or ())
   kind = scaling.get("rope_type", scaling.get("type", "default"))
   if kind == "linear":
     inv = inv / scaling["factor"]

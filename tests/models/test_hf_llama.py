@@ -107,7 +107,7 @@ def test_import_config_fields(hf_dirs):
   assert cfg.tie_embeddings and "lm_head" not in params
   assert hf_llama.load_hf_dir(hf_dirs["qwen2"][0])[0].attention_bias
   cfg = hf_llama.load_hf_dir(hf_dirs["llama_rope_linear"][0])[0]
-  assert cfg.rope_theta == 5000.0 and cfg.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+  assert cfg.rope_theta == 5000.0 and dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 2.0}
   assert hf_llama.load_hf_dir(hf_dirs["llama_head_dim"][0])[0].head_dim == 32
 
 

@@ -1,0 +1,165 @@
+"""`itjax` command line: parses flags, loads gin, calls one function per subcommand.
+
+    itjax train   --gin_file=F [--gin_file=G] [--gin.NAME=VALUE ...] [--model_dir=DIR]
+    itjax eval    --gin_file=F ... [--model_dir=DIR]
+    itjax infer   --gin_file=F ... --input TEXT [--input TEXT] [--input_file FILE]
+    itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT]
+    itjax convert --from_hf HF_DIR --output DIR | --to_hf OUT_DIR --checkpoint DIR [--model_type llama]
+
+A user mistake prints one line (`itjax: error: ...`) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from itjax.errors import UserError  # noqa: E402
+
+
+def _quiet_libraries() -> None:
+  """TF, absl and seqio are chatty at INFO/WARNING; keep the console for itjax."""
+  import absl.logging
+
+  absl.logging.set_verbosity(absl.logging.ERROR)
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  warnings.filterwarnings("ignore", category=FutureWarning)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("itjax: %(message)s"))
+  # gin logs every search-path miss; the one that matters becomes a UserError.
+  handler.addFilter(lambda r: "/gin/" not in r.pathname)
+  logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+  logging.getLogger("itjax").setLevel(logging.INFO)
+
+
+def _gin_parser(name: str, sub, help_: str) -> argparse.ArgumentParser:
+  p = sub.add_parser(name, help=help_)
+  p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable); searched in search paths")
+  p.add_argument("--gin_search_paths", default="", help="comma-separated folders to search for gin files")
+  p.add_argument("--model_dir", default=None, help="shorthand for --gin.MODEL_DIR=DIR")
+  p.add_argument("--tasks_module", action="append", default=[], help="extra module(s) that register tasks")
+  return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="itjax", description="Instruction tuning in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  _gin_parser("train", sub, "train a model (gin entry point: train)")
+  _gin_parser("eval", sub, "evaluate a checkpoint (gin entry point: evaluate)")
+  p = _gin_parser("infer", sub, "generate from a checkpoint (gin entry point: infer)")
+  p.add_argument("--input", action="append", default=[], help="an input text (repeatable)")
+  p.add_argument("--input_file", default=None, help="a file with one input per line")
+  t = sub.add_parser("tasks", help="list tasks and mixtures; show formatted examples")
+  t.add_argument("--tasks_module", action="append", default=[])
+  tsub = t.add_subparsers(dest="tasks_command", required=True)
+  tl = tsub.add_parser("list", help="list registered tasks and mixtures")
+  tl.add_argument("pattern", nargs="?", default="", help="substring filter")
+  ts = tsub.add_parser("show", help="show a task's metadata and formatted examples, or a mixture's rates")
+  ts.add_argument("name")
+  ts.add_argument("-n", type=int, default=3, help="examples to show")
+  ts.add_argument("--split", default="validation")
+  c = sub.add_parser("convert", help="import a Hugging Face model / export an itjax checkpoint")
+  c.add_argument("--from_hf", help="a local HF model directory (config.json + *.safetensors)")
+  c.add_argument("--output", help="itjax model directory to write (with --from_hf)")
+  c.add_argument("--to_hf", help="HF directory to write from an itjax checkpoint")
+  c.add_argument("--checkpoint", help="itjax MODEL_DIR or checkpoint (with --to_hf)")
+  c.add_argument("--model_type", default="llama", help="HF model_type to export as (llama, mistral, qwen2)")
+  c.add_argument("--dtype", default="float32", help="dtype of exported tensors")
+  return parser
+
+
+def _load_tasks(extra: Sequence[str]) -> None:
+  from itjax.data.registry import DEFAULT_TASK_MODULES, import_task_modules
+
+  import_task_modules(tuple(DEFAULT_TASK_MODULES) + tuple(extra))
+
+
+def _setup_gin(args, bindings: list[str]) -> None:
+  from itjax import config
+
+  if args.model_dir:
+    bindings = [f"MODEL_DIR={args.model_dir!r}"] + bindings
+  paths = [p for p in args.gin_search_paths.split(",") if p]
+  config.parse(args.gin_file, bindings, paths)
+
+
+def _call_gin(fn, **kwargs):
+  """Calls a gin entry point, turning gin's missing-REQUIRED errors into UserError."""
+  from itjax import config
+
+  try:
+    return fn(**kwargs)
+  except (RuntimeError, ValueError) as e:
+    if "Required bindings" in str(e) or "%gin.REQUIRED" in str(e) or "gin.macro" in str(e):
+      raise UserError(config.explain(e)) from None
+    raise
+
+
+def run(argv: Sequence[str]) -> int:
+  from itjax.config import bindings_from_argv
+
+  bindings, rest = bindings_from_argv(argv)
+  args = build_parser().parse_args(rest)
+  if bindings and args.command in ("tasks", "convert"):
+    raise UserError(f"`itjax {args.command}` takes no --gin. flags")
+  _quiet_libraries()
+  if args.command in ("train", "eval", "infer"):
+    _load_tasks(args.tasks_module)
+    _setup_gin(args, bindings)
+    if args.command == "train":
+      from itjax.train.trainer import train
+
+      _call_gin(train)
+    elif args.command == "eval":
+      from itjax.eval.evaluator import evaluate
+
+      _call_gin(evaluate)
+    else:
+      from itjax.eval.infer import infer
+
+      texts = list(args.input)
+      if args.input_file:
+        with open(args.input_file, encoding="utf-8") as f:
+          texts += [line.rstrip("\n") for line in f if line.strip()]
+      if not texts:
+        raise UserError("itjax infer: give --input TEXT or --input_file FILE")
+      for text, out in zip(texts, _call_gin(infer, inputs=texts), strict=True):
+        print(f">>> {text}\n{out}\n")
+  elif args.command == "tasks":
+    from itjax.data import inspect_tasks
+
+    _load_tasks(args.tasks_module)
+    if args.tasks_command == "list":
+      print(inspect_tasks.list_text(args.pattern))
+    else:
+      print(inspect_tasks.show_text(args.name, args.n, args.split))
+  elif args.command == "convert":
+    from itjax.models import convert
+
+    if args.from_hf and args.output:
+      convert.import_hf(args.from_hf, args.output)
+    elif args.to_hf and args.checkpoint:
+      convert.export_hf(args.checkpoint, args.to_hf, model_type=args.model_type, dtype=args.dtype)
+    else:
+      raise UserError("itjax convert: give --from_hf DIR --output DIR, or --to_hf DIR --checkpoint DIR")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  try:
+    return run(sys.argv[1:] if argv is None else argv)
+  except UserError as e:
+    print(f"itjax: error: {str(e).splitlines()[0]}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

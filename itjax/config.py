@@ -1,0 +1,127 @@
+"""Gin configuration with T5X conventions, and one-line errors for gin mistakes.
+
+Flags: `--gin_file` (repeatable), `--gin.NAME=VALUE`, `--gin_search_paths`.
+An unknown configurable, parameter or macro, a `%gin.REQUIRED` left unset or a
+missing file becomes an `itjax.errors.UserError` naming it and the nearest
+valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+from collections.abc import Sequence
+
+import gin
+
+from itjax.errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SEARCH_PATHS = (".", os.path.join(REPO_ROOT, "gin_configs"), REPO_ROOT)
+
+
+def register_configurables() -> None:
+  """Imports the modules whose gin configurables the gin files may name."""
+  from itjax.models.decoder import DecoderConfig
+  from itjax.train import trainer  # noqa: F401  (train, optimizer, mesh, eval settings)
+  from itjax.eval import evaluator  # noqa: F401
+
+  if not gin.config._REGISTRY.get_all_matches("DecoderConfig"):
+    gin.external_configurable(DecoderConfig, module="itjax")
+
+
+def _configurable_names() -> list[str]:
+  names = set()
+  for selector in gin.config._REGISTRY._selector_map:
+    if not selector.startswith("gin."):
+      names.add(selector.rsplit(".", 1)[-1])
+  return sorted(names)
+
+
+def _macro_names() -> list[str]:
+  return sorted({scope_sel[1].split("/")[0] for scope_sel in gin.config._CONFIG
+                 if scope_sel[1].endswith("gin.macro") or scope_sel[1].endswith("/macro")})
+
+
+def _close(name: str, candidates: Sequence[str]) -> str:
+  m = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+  return f"; did you mean {', '.join(m)}?" if m else ""
+
+
+def _parameters_of(configurable: str) -> list[str]:
+  matches = gin.config._REGISTRY.get_all_matches(configurable)
+  if not matches:
+    return []
+  fn = matches[0].wrapped
+  try:
+    return list(inspect.signature(fn).parameters)
+  except (TypeError, ValueError):
+    return []
+
+
+def explain(e: BaseException) -> str:
+  """A one-line message for a gin error, naming the value and nearest valid names."""
+  msg = str(e)
+  first = msg.split("\n")[0]
+  where = ""
+  loc = re.search(r"In (file \"[^\"]+\", line \d+|bindings string line \d+)", msg)
+  if loc:
+    where = f" ({loc.group(1)})"
+  if m := re.search(r"No configurable matching '([^']+)'", msg):
+    return f"unknown gin configurable {m.group(1)!r}{where}{_close(m.group(1), _configurable_names())}"
+  if m := re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", msg):
+    params = _parameters_of(m.group(1))
+    return f"gin configurable {m.group(1)!r} has no parameter {m.group(2)!r}{where}{_close(m.group(2), params)}"
+  if m := re.search(r"(\S+)/macro\.value set to `%gin\.REQUIRED` but not subsequently overridden", msg):
+    return f"missing required gin value {m.group(1)}: set it with --gin.{m.group(1)}=..."
+  if m := re.search(r"(\S+) set to `%gin\.REQUIRED` but not subsequently overridden", msg):
+    name = m.group(1).replace("/", ".")
+    return f"missing required gin value {name}: set it with --gin.{name}=..."
+  if m := re.search(r"Required bindings for `([^`]+)` not provided in config: \[([^\]]*)\]", msg):
+    params = [p.strip(" '\"") for p in m.group(2).split(",")]
+    return f"missing required gin value(s) {', '.join(f'{m.group(1)}.{p}' for p in params)}"
+  if m := re.search(r"No bindings specified for '([^/']+)/gin\.macro'", msg):
+    return f"gin macro %{m.group(1)} is used but never set{_close(m.group(1), _macro_names())}"
+  if m := re.search(r"Unable to open file: ([^.]+\.gin)\. Searched config paths: (.*)\.", msg):
+    return f"gin file {m.group(1)} not found (searched {m.group(2)}); add its folder with --gin_search_paths"
+  return f"gin: {first}{where}"
+
+
+def _quote_bare(binding: str) -> str:
+  """`NAME=word` -> `NAME='word'`: bare words are strings on the command line, as users expect."""
+  name, sep, value = binding.partition("=")
+  v = value.strip()
+  if sep and re.fullmatch(r"[A-Za-z_][\w./:-]*", v) and v not in ("True", "False", "None") and not v.startswith("@"):
+    return f"{name}={v!r}"
+  if sep and re.fullmatch(r"[\w./:-]*/[\w./:-]*", v):  # a path
+    return f"{name}={v!r}"
+  return binding
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+  """Registers itjax's configurables and parses files and bindings (T5X order: files, then bindings)."""
+  register_configurables()
+  gin.clear_config()
+  for p in list(search_paths) + list(DEFAULT_SEARCH_PATHS):
+    gin.add_config_file_search_path(os.path.abspath(p))
+  bindings = [_quote_bare(b) for b in bindings]
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), bindings, finalize_config=True)
+  except (ValueError, SyntaxError, OSError, KeyError, TypeError) as e:
+    raise UserError(explain(e)) from None
+
+
+def bindings_from_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Splits `--gin.NAME=VALUE` flags (returned as `NAME=VALUE`) from the other arguments."""
+  bindings, rest = [], []
+  for a in argv:
+    if a.startswith("--gin."):
+      body = a[len("--gin."):]
+      if "=" not in body:
+        raise UserError(f"{a}: expected --gin.NAME=VALUE")
+      bindings.append(body)
+    else:
+      rest.append(a)
+  return bindings, rest

@@ -1,0 +1,44 @@
+"""Text for `itjax tasks list` and `itjax tasks show`."""
+
+from __future__ import annotations
+
+import seqio
+
+from itjax.data.registry import require_task
+from itjax.data.tasks import TASK_INFO
+
+
+def list_text(pattern: str = "") -> str:
+  tasks = sorted(n for n in seqio.TaskRegistry.names() if pattern in n)
+  mixtures = sorted(n for n in seqio.MixtureRegistry.names() if pattern in n)
+  lines = [f"{len(tasks)} tasks:"]
+  for n in tasks:
+    info = TASK_INFO.get(n)
+    meta = f"cluster={info.cluster:<14} variant={info.variant:<9} templates={info.num_templates}" if info else ""
+    lines.append(f"  {n:<40} {meta}")
+  lines.append(f"{len(mixtures)} mixtures:")
+  for n in mixtures:
+    lines.append(f"  {n:<40} {len(seqio.MixtureRegistry.get(n).tasks)} tasks")
+  return "\n".join(lines)
+
+
+def show_text(name: str, n: int = 3, split: str = "validation") -> str:
+  obj = require_task(name)
+  if isinstance(obj, seqio.Mixture):
+    total = obj.total_rate
+    lines = [f"mixture {name}: {len(obj.tasks)} tasks, effective sampling rates:"]
+    for t in sorted(obj.tasks, key=lambda t: -obj.get_rate(t)):
+      lines.append(f"  {t.name:<40} {obj.get_rate(t) / total:6.2%}")
+    return "\n".join(lines)
+  info = TASK_INFO.get(name)
+  lines = [f"task {name}"]
+  if info:
+    lines.append(f"  dataset={info.dataset} clusters={','.join(info.clusters)} variant={info.variant} "
+                 f"templates={info.num_templates} options={info.has_options}")
+  lines.append(f"  splits: {', '.join(obj.splits)}")
+  ds = obj.get_dataset(None, split=split, shuffle=False, use_cached=False).take(n)
+  for i, ex in enumerate(ds.as_numpy_iterator()):
+    tid = ex.get("template_id", "")
+    lines += [f"--- example {i} (template {tid}) ---", ex["inputs_pretokenized"].decode().rstrip("\n"),
+              f"=> {ex['targets_pretokenized'].decode()}"]
+  return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Training batches: seqio mixture -> packed decoder features -> numpy, per host.
+
+The stream is deterministic given the seed and the host's shard, so its
+position is just the number of batches consumed: a resumed run skips that
+many and sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Features the decoder-only trainer consumes (decoder_causal_attention is for prefix LMs).
+MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+                  "decoder_positions")
+
+
+def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
+                  seed: int, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
+                  start_batch: int = 0, use_cached: bool = False) -> tf.data.Dataset:
+  """This host's infinite stream of [batch_size, length] batches, from batch `start_batch` on."""
+  tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators that JAX owns
+  ds = seqio.get_dataset(
+      mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True, num_epochs=None,
+      seed=seed, use_cached=use_cached, shard_info=seqio.ShardInfo(shard_index, num_shards),
+      feature_converter=seqio.PrefixLMFeatureConverter(pack=pack))
+  ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES if k in ex})
+  ds = ds.batch(batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).skip(start_batch).prefetch(4)
+
+
+def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  return ds.as_numpy_iterator()

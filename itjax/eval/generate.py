@@ -1,0 +1,56 @@
+"""Zero-shot evaluation by generation: eval examples -> greedy predictions -> scores."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+import seqio
+
+from itjax.data.registry import leaf_tasks
+from itjax.models.decoder import Decoder
+from itjax.models.decoding import greedy_decode, left_pad, strip_eos
+
+EVAL_SPLIT = "validation"
+META = ("task", "dataset", "cluster", "variant")
+
+
+def eval_examples(mixture_or_task: str, feature_lengths: Mapping[str, int], max_per_task: int | None = None,
+                  split: str = EVAL_SPLIT) -> list[dict]:
+  """Every rendered eval example of the leaf tasks (all templates), in a fixed order."""
+  rows = []
+  for task in leaf_tasks(mixture_or_task):
+    ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
+    if max_per_task:
+      ds = ds.take(max_per_task)
+    for ex in ds.as_numpy_iterator():
+      row = {k: ex[k].decode() for k in META}
+      row.update(template_id=int(ex["template_id"]), inputs=ex["inputs_pretokenized"].decode(),
+                 target=ex["targets_pretokenized"].decode(), input_ids=ex["inputs"].tolist())
+      rows.append(row)
+  return rows
+
+
+def _batches(rows: list[dict], batch_size: int) -> Iterator[list[dict]]:
+  for i in range(0, len(rows), batch_size):
+    yield rows[i:i + batch_size]
+
+
+def predict(model: Decoder, params, rows: list[dict], vocab: seqio.Vocabulary, *, batch_size: int,
+            max_new_tokens: int, mesh=None, rules=()) -> list[str]:
+  """Greedy continuations of each row's prompt (BOS + input ids), decoded to text."""
+  preds = []
+  for chunk in _batches(rows, batch_size):
+    # The decoder was trained on BOS (id 0) + inputs, as PrefixLMFeatureConverter builds them.
+    prompts = [[0] + r["input_ids"] for r in chunk]
+    pad_rows = batch_size - len(prompts)
+    tokens, mask = left_pad(prompts + [[0]] * pad_rows)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
+      out = greedy_decode(model, params, tokens, mask, max_new_tokens=max_new_tokens, eos_id=vocab.eos_id)
+    out = np.asarray(jax.device_get(out))[: len(chunk)]
+    preds += [vocab.decode(strip_eos(o, vocab.eos_id)) for o in out]
+  return preds
+

@@ -1,0 +1,24 @@
+"""`itjax infer`: greedy generations from a checkpoint for raw input texts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gin
+
+from itjax.data.vocab import default_vocabulary
+from itjax.eval.generate import predict
+from itjax.train import partitioning
+from itjax.train.checkpoints import load_model
+
+
+@gin.configurable
+def infer(*, inputs: Sequence[str], checkpoint_path: str = gin.REQUIRED, max_new_tokens: int = 64,
+          batch_size: int = 16) -> list[str]:
+  """Generates a continuation for each input (rendered as-is, then a newline, as templates end)."""
+  mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
+  model, params = load_model(checkpoint_path, mesh, rules)
+  vocab = default_vocabulary()
+  rows = [{"input_ids": list(vocab.encode(t.rstrip() + "\n"))} for t in inputs]
+  return predict(model, params, rows, vocab, batch_size=batch_size, max_new_tokens=max_new_tokens, mesh=mesh,
+                 rules=rules)

@@ -1,0 +1,51 @@
+"""Optimizers and learning-rate schedules (optax), configured in gin."""
+
+from __future__ import annotations
+
+import gin
+import jax
+import optax
+
+from itjax.errors import UserError
+
+
+@gin.configurable
+def learning_rate_schedule(base_learning_rate: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
+                           decay_steps: int = 0, end_factor: float = 0.0) -> optax.Schedule:
+  """constant | cosine | linear | rsqrt, each after a linear warmup."""
+  if schedule == "constant":
+    main = optax.constant_schedule(base_learning_rate)
+  elif schedule == "cosine":
+    main = optax.cosine_decay_schedule(base_learning_rate, max(decay_steps, 1), alpha=end_factor)
+  elif schedule == "linear":
+    main = optax.linear_schedule(base_learning_rate, base_learning_rate * end_factor, max(decay_steps, 1))
+  elif schedule == "rsqrt":  # T5: lr / sqrt(max(step, warmup))
+    main = lambda step: base_learning_rate * jax.lax.rsqrt(jax.numpy.maximum(step + warmup_steps, 1.0)) * (
+        max(warmup_steps, 1) ** 0.5)
+  else:
+    raise UserError(f"learning_rate_schedule.schedule={schedule!r}: expected constant, cosine, linear or rsqrt")
+  if warmup_steps <= 0:
+    return main
+  warm = optax.linear_schedule(0.0, base_learning_rate, warmup_steps)
+  return optax.join_schedules([warm, main], [warmup_steps])
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only (not norms' scales or biases)."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+@gin.configurable
+def make_optimizer(name: str = "adamw", weight_decay: float = 0.0, clip_grad_norm: float | None = 1.0,
+                   b1: float = 0.9, b2: float = 0.95) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer and its schedule: adamw | adafactor (T5 defaults)."""
+  lr = learning_rate_schedule()
+  if name == "adamw":
+    opt = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask)
+  elif name == "adafactor":
+    opt = optax.adafactor(lr, weight_decay_rate=weight_decay or None, weight_decay_mask=_decay_mask)
+  else:
+    raise UserError(f"make_optimizer.name={name!r}: expected adamw or adafactor")
+  if clip_grad_norm:
+    opt = optax.chain(optax.clip_by_global_norm(clip_grad_norm), opt)
+  return opt, lr
