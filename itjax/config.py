@@ -26,7 +26,7 @@ def register_configurables() -> None:
   """Imports the modules whose gin configurables the gin files may name."""
   from itjax.models.decoder import DecoderConfig
   from itjax.train import trainer  # noqa: F401  (train, optimizer, mesh, eval settings)
-  from itjax.eval import evaluator  # noqa: F401
+  from itjax.eval import evaluator, infer  # noqa: F401
 
   if not gin.config._REGISTRY.get_all_matches("DecoderConfig"):
     gin.external_configurable(DecoderConfig, module="itjax")
@@ -61,14 +61,15 @@ def _parameters_of(configurable: str) -> list[str]:
     return []
 
 
-def explain(e: BaseException) -> str:
-  """A one-line message for a gin error, naming the value and nearest valid names."""
+def explain(e: BaseException, bindings: Sequence[str] = ()) -> str:
+  """A one-line message for a gin error, naming the value, where it was set and nearest valid names."""
   msg = str(e)
   first = msg.split("\n")[0]
   where = ""
-  loc = re.search(r"In (file \"[^\"]+\", line \d+|bindings string line \d+)", msg)
-  if loc:
-    where = f" ({loc.group(1)})"
+  if loc := re.search(r"In file \"([^\"]+)\", line (\d+)", msg):
+    where = f" ({loc.group(1)}, line {loc.group(2)})"
+  elif (loc := re.search(r"In bindings string line (\d+)", msg)) and int(loc.group(1)) <= len(bindings):
+    where = f" (flag --gin.{bindings[int(loc.group(1)) - 1]})"
   if m := re.search(r"No configurable matching '([^']+)'", msg):
     return f"unknown gin configurable {m.group(1)!r}{where}{_close(m.group(1), _configurable_names())}"
   if m := re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", msg):
@@ -100,9 +101,17 @@ def _quote_bare(binding: str) -> str:
   return binding
 
 
+def _plain_file_readers() -> None:
+  """Drops gin's "python package path" reader: it mistakes `models/x.gin` for a package
+  `models` whenever one is importable (and crashes on namespace packages)."""
+  gin.config._FILE_READERS[:] = [r for r in gin.config._FILE_READERS
+                                 if getattr(r[0], "__name__", "") != "system_path_reader"]
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
   """Registers itjax's configurables and parses files and bindings (T5X order: files, then bindings)."""
   register_configurables()
+  _plain_file_readers()
   gin.clear_config()
   for p in list(search_paths) + list(DEFAULT_SEARCH_PATHS):
     gin.add_config_file_search_path(os.path.abspath(p))
@@ -110,7 +119,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   try:
     gin.parse_config_files_and_bindings(list(gin_files), bindings, finalize_config=True)
   except (ValueError, SyntaxError, OSError, KeyError, TypeError) as e:
-    raise UserError(explain(e)) from None
+    raise UserError(explain(e, bindings)) from None
 
 
 def bindings_from_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -111,7 +111,13 @@ def count_nli(r):
           "answer": YES_NO[0 if n > k else 1], "options": YES_NO}
 
 
-# --- reading comprehension -----------------------------------------------------
+# --- reading comprehension (options: the candidate answers in the text) ----------
+def _shuffled(r: random.Random, options: set[str]) -> list[str]:
+  out = sorted(options)
+  r.shuffle(out)
+  return out
+
+
 def fruit_count(r):
   a, b = r.sample(NAMES, 2)
   fa, fb = r.sample(FRUITS, 2)
@@ -119,7 +125,7 @@ def fruit_count(r):
   ask_a = r.random() < 0.5
   return {"context": f"{a} has {na} {fa}. {b} has {nb} {fb}.",
           "question": f"How many {fa if ask_a else fb} does {a if ask_a else b} have?",
-          "answer": str(na if ask_a else nb)}
+          "answer": str(na if ask_a else nb), "options": _shuffled(r, {str(na), str(nb)})}
 
 
 def thing_color(r):
@@ -127,7 +133,7 @@ def thing_color(r):
   c1, c2 = r.sample(COLORS, 2)
   ask1 = r.random() < 0.5
   return {"context": f"The {t1} is {c1}. The {t2} is {c2}.", "question": f"What color is the {t1 if ask1 else t2}?",
-          "answer": c1 if ask1 else c2}
+          "answer": c1 if ask1 else c2, "options": _shuffled(r, {c1, c2})}
 
 
 def home_city(r):
@@ -135,7 +141,7 @@ def home_city(r):
   ca, cb = r.sample(CITIES, 2)
   ask_a = r.random() < 0.5
   return {"context": f"{a} lives in {ca}. {b} lives in {cb}.", "question": f"Where does {a if ask_a else b} live?",
-          "answer": ca if ask_a else cb}
+          "answer": ca if ask_a else cb, "options": _shuffled(r, {ca, cb})}
 
 
 # --- list operations -------------------------------------------------------------
@@ -199,7 +205,7 @@ DATASETS = {
     "list_min": ("list_ops", list_min, ("items",), LIST["min"]),
     "list_length": ("list_ops", list_length, ("items",), LIST["len"]),
 }
-OPTION_CLUSTERS = {"sentiment", "nli"}
+OPTION_CLUSTERS = {"sentiment", "nli", "reading_comp"}
 
 
 def register() -> list[str]:

@@ -36,6 +36,7 @@ class TaskInfo:
   variant: str
   num_templates: int
   has_options: bool
+  eval_templates: int  # templates each eval example is rendered with (forward ones)
 
   @property
   def cluster(self) -> str:
@@ -107,7 +108,8 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
             seqio.preprocessors.append_eos_after_trim,
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
-    TASK_INFO[name] = TaskInfo(name, dataset, clusters, variant, len(templates), has_options)
+    TASK_INFO[name] = TaskInfo(name, dataset, clusters, variant, len(templates), has_options,
+                               sum(not t.reverse for t in templates))
     names.append(name)
   return names
 

@@ -11,6 +11,7 @@ import numpy as np
 import seqio
 
 from itjax.data.registry import leaf_tasks
+from itjax.data.tasks import TASK_INFO
 from itjax.models.decoder import Decoder
 from itjax.models.decoding import greedy_decode, left_pad, strip_eos
 
@@ -20,12 +21,16 @@ META = ("task", "dataset", "cluster", "variant")
 
 def eval_examples(mixture_or_task: str, feature_lengths: Mapping[str, int], max_per_task: int | None = None,
                   split: str = EVAL_SPLIT) -> list[dict]:
-  """Every rendered eval example of the leaf tasks (all templates), in a fixed order."""
+  """Every rendered eval example of the leaf tasks (all templates), in a fixed order.
+
+  `max_per_task` caps the source examples; each is rendered once per template.
+  """
   rows = []
   for task in leaf_tasks(mixture_or_task):
     ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
     if max_per_task:
-      ds = ds.take(max_per_task)
+      info = TASK_INFO.get(task.name)
+      ds = ds.take(max_per_task * (info.eval_templates if info else 1))
     for ex in ds.as_numpy_iterator():
       row = {k: ex[k].decode() for k in META}
       row.update(template_id=int(ex["template_id"]), inputs=ex["inputs_pretokenized"].decode(),

@@ -27,6 +27,7 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, period: int = 1000, keep: int | None = 3, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    self.period = period
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"),
         options=ocp.CheckpointManagerOptions(save_interval_steps=period, max_to_keep=keep,
@@ -36,6 +37,9 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+    """Saves every `period` steps (Orbax alone would also save the first step it sees), or when forced."""
+    if not force and step % self.period:
+      return False
     return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                            meta=ocp.args.JsonSave(meta)), force=force)
 
