@@ -24,9 +24,9 @@ DEFAULT_SEARCH_PATHS = (".", os.path.join(REPO_ROOT, "gin_configs"), REPO_ROOT)
 
 def register_configurables() -> None:
   """Imports the modules whose gin configurables the gin files may name."""
+  from itjax.eval import evaluator, infer  # noqa: F401
   from itjax.models.decoder import DecoderConfig
   from itjax.train import trainer  # noqa: F401  (train, optimizer, mesh, eval settings)
-  from itjax.eval import evaluator, infer  # noqa: F401
 
   if not gin.config._REGISTRY.get_all_matches("DecoderConfig"):
     gin.external_configurable(DecoderConfig, module="itjax")

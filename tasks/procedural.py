@@ -169,7 +169,8 @@ SUB = [T("What is {a} - {b}?"), T("Subtract {b} from {a}."), T("Compute {a} minu
 SUCC = [T("What number comes after {a}?"), T("Add one to {a}."), T("Count up by one from {a}.")]
 UPPER = [T("Convert to uppercase: {text}"), T("Write this in capital letters: {text}"), T("Shout it: {text}")]
 REV = [T("Reverse the word: {text}"), T("Spell {text} backwards."), T("Write the letters of {text} in reverse.")]
-FIRST = [T("What is the first word of: {text}"), T("Text: {text}\nFirst word?"), T("Repeat only the first word: {text}")]
+FIRST = [T("What is the first word of: {text}"), T("Text: {text}\nFirst word?"),
+         T("Repeat only the first word: {text}")]
 SENT = [T("Review: {text}\nIs this review positive or negative?"), T("{text}\nWhat is the sentiment?"),
         T("How does the writer feel? {text}"), T("Write a {answer} review.", "{text}", reverse=True)]
 NLI = [T("Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis?"),

@@ -21,11 +21,16 @@ DEFAULT_RATE_CAP = 3000
 
 
 def heldout_split(infos: Sequence[TaskInfo], cluster: str) -> tuple[list[TaskInfo], list[TaskInfo]]:
-  """(train, eval) task infos for holding out `cluster`."""
+  """(train, eval) task infos for holding out `cluster`.
+
+  Eval: the tasks whose primary cluster it is. Excluded from training: every
+  cluster that any dataset listed in the held-out cluster belongs to.
+  """
   eval_side = [t for t in infos if t.cluster == cluster]
   if not eval_side:
     raise ValueError(f"no tasks in cluster {cluster!r}")
-  excluded = {c for t in eval_side for c in t.clusters} | {cluster}
+  members = [t for t in infos if cluster in t.clusters]
+  excluded = {c for t in members for c in t.clusters}
   train = [t for t in infos if not excluded & set(t.clusters)]
   check_disjoint(train, eval_side, cluster)
   return train, eval_side

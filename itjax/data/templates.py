@@ -67,7 +67,7 @@ def render(template: Template, ex: Mapping[str, tf.Tensor], variant: str) -> tup
     inputs = tf.cond(tf.strings.length(opts) > 0, lambda: tf.strings.join([inputs, "\n\n", opts]), lambda: inputs)
   else:
     inputs = _render(inputs_fmt, ex, opts)
-  inputs = tf.strings.regex_replace(inputs, r"\s+$", "")
+  inputs = tf.strings.strip(inputs)  # an empty {options_} must not leave stray blank lines
   return tf.strings.join([inputs, "\n"]), _render(template.targets, ex, opts)
 
 

@@ -99,13 +99,13 @@ class Attention(nn.Module):
     dt, pdt = cfg.compute_dtype, cfg.params_dtype
 
     def proj(name, heads):
-      kernel = self.param(
-          f"{name}_kernel",
-          nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", "heads" if name == "q" else "kv_heads", "kv")),
-          (cfg.emb_dim, heads, cfg.head_dim), pdt)
+      head_axis = "heads" if name == "q" else "kv_heads"
+      kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(dense_init(cfg.emb_dim),
+                                                                         ("embed", head_axis, "kv")),
+                          (cfg.emb_dim, heads, cfg.head_dim), pdt)
       y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(dt))
       if cfg.attention_bias:
-        bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+        bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "kv")),
                           (heads, cfg.head_dim), pdt)
         y = y + bias.astype(dt)
       return y

@@ -1,0 +1,107 @@
+"""Templates render every variant; eval fans out over templates; held-out mixtures obey FLAN's rules."""
+
+import seqio
+import tensorflow as tf
+
+from itjax.data import templates as tmpl
+from itjax.data.mixtures import heldout_split
+from itjax.data.tasks import TASK_INFO, TaskInfo
+
+LENGTHS = {"inputs": 128, "targets": 32}
+
+
+def _examples(name, split, n=None):
+  ds = seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split=split, shuffle=False)
+  return list((ds.take(n) if n else ds).as_numpy_iterator())
+
+
+def test_options_variant_lists_options_and_noopt_does_not():
+  opt = _examples("proc_color_nli_zs_opt", "validation", 3)
+  noopt = _examples("proc_color_nli_zs_noopt", "validation", 3)
+  for o, n in zip(opt, noopt, strict=True):
+    assert o["inputs_pretokenized"].decode().endswith("\n\nOPTIONS:\n- yes\n- no\n")
+    assert "OPTIONS" not in n["inputs_pretokenized"].decode()
+    assert o["targets_pretokenized"] == n["targets_pretokenized"] in (b"yes", b"no")
+    assert o["variant"] == b"zs_opt" and n["variant"] == b"zs_noopt" and o["cluster"] == b"nli"
+
+
+def test_eval_split_renders_every_forward_template_train_split_one():
+  info = TASK_INFO["proc_movie_review_zs_opt"]
+  assert info.num_templates == 4 and info.eval_templates == 3  # one template turns the task around
+  rows = _examples("proc_movie_review_zs_opt", "validation")
+  assert len(rows) == 64 * 3
+  assert [int(r["template_id"]) for r in rows[:6]] == [0, 1, 2, 0, 1, 2]
+  # Same example under each template: same answer, different phrasing.
+  assert len({r["inputs_pretokenized"] for r in rows[:3]}) == 3 and len({r["answer"] for r in rows[:3]}) == 1
+  train = _examples("proc_movie_review_zs_opt", "train", 400)
+  ids = [int(r["template_id"]) for r in train]
+  assert set(ids) == {0, 1, 2, 3}  # template chosen per example, reverse one included
+
+
+def test_reverse_template_has_no_options_and_swaps_fields():
+  ex = {"text": tf.constant("The film was superb."), "answer": tf.constant("positive"),
+        "options": tf.constant(["positive", "negative"])}
+  t = tmpl.Template("Write a {answer} review.", "{text}", reverse=True)
+  inputs, targets = tmpl.render(t, ex, tmpl.ZERO_SHOT_OPT)
+  assert inputs.numpy() == b"Write a positive review.\n" and targets.numpy() == b"The film was superb."
+
+
+def test_options_placeholder_is_placed_where_the_template_says():
+  ex = {"q": tf.constant("Red?"), "answer": tf.constant("yes"), "options": tf.constant(["yes", "no"])}
+  t = tmpl.Template("{options_}\nQuestion: {q}")
+  assert tmpl.render(t, ex, tmpl.ZERO_SHOT_OPT)[0].numpy() == b"OPTIONS:\n- yes\n- no\nQuestion: Red?\n"
+  assert tmpl.render(t, ex, tmpl.ZERO_SHOT_NOOPT)[0].numpy() == b"Question: Red?\n"
+
+
+def test_template_field_check_at_registration():
+  import pytest
+
+  with pytest.raises(ValueError, match="uses fields \\['premis'\\]"):
+    tmpl.check_templates([tmpl.Template("{premis}")], {"premise", "answer"}, "x")
+
+
+def test_procedural_data_is_deterministic():
+  a = _examples("proc_add_zs_noopt", "validation", 5)
+  b = _examples("proc_add_zs_noopt", "validation", 5)
+  assert [r["inputs_pretokenized"] for r in a] == [r["inputs_pretokenized"] for r in b]
+
+
+def test_heldout_mixture_excludes_cluster_and_eval_side_holds_it():
+  train = seqio.get_mixture_or_task("proc_heldout_nli")
+  evals = seqio.get_mixture_or_task("proc_heldout_nli_eval")
+  assert {TASK_INFO[t.name].cluster for t in train.tasks} == {"arithmetic", "string", "sentiment", "reading_comp",
+                                                              "list_ops"}
+  assert {TASK_INFO[t.name].cluster for t in evals.tasks} == {"nli"}
+  # Evaluation uses the with-options variant for datasets that have options.
+  assert all(t.name.endswith("_zs_opt") for t in evals.tasks)
+
+
+def _info(dataset, *clusters):
+  return TaskInfo(f"{dataset}_zs_noopt", dataset, clusters, "zs_noopt", 1, False, 1)
+
+
+def test_heldout_drops_every_cluster_its_datasets_belong_to():
+  infos = [_info("mnli", "nli"), _info("qqp", "paraphrase", "nli"), _info("mrpc", "paraphrase"),
+           _info("cosmos", "rc_commonsense", "reading_comp"), _info("record", "rc_commonsense"),
+           _info("boolq", "reading_comp"), _info("copa", "commonsense")]
+  # qqp is listed under NLI too: holding out NLI drops the whole paraphrase cluster...
+  train, evals = heldout_split(infos, "nli")
+  assert {t.dataset for t in evals} == {"mnli"}
+  assert {t.dataset for t in train} == {"cosmos", "record", "boolq", "copa"}
+  # ... and the reverse.
+  train, evals = heldout_split(infos, "paraphrase")
+  assert {t.dataset for t in evals} == {"qqp", "mrpc"}
+  assert {t.dataset for t in train} == {"cosmos", "record", "boolq", "copa"}
+  # Reading comprehension drops RC-with-commonsense (cosmos is listed under both).
+  train, evals = heldout_split(infos, "reading_comp")
+  assert {t.dataset for t in evals} == {"boolq"}
+  assert {t.dataset for t in train} == {"mnli", "qqp", "mrpc", "copa"}
+
+
+def test_overlapping_train_and_eval_are_refused():
+  import pytest
+
+  from itjax.data.mixtures import check_disjoint
+
+  with pytest.raises(ValueError, match="share datasets \\['mnli'\\]"):
+    check_disjoint([_info("mnli", "nli")], [_info("mnli", "nli")], "bad")
