@@ -1,6 +1,6 @@
 """Procedurally generated instruction tasks for offline runs (no downloads).
 
-Six clusters of three datasets each, small enough that a byte-level model
+Six clusters of three or four datasets each, small enough that a byte-level model
 learns the seen ones in minutes on a CPU. Every dataset is deterministic by
 seed; classification datasets carry answer options. Registered as
 `proc_<dataset>_<variant>`, with held-out mixtures `proc_heldout_<cluster>`.
@@ -144,6 +144,15 @@ def home_city(r):
           "answer": ca if ask_a else cb, "options": _shuffled(r, {ca, cb})}
 
 
+def lives_in(r):
+  a, b = r.sample(NAMES, 2)
+  ca, cb = r.sample(CITIES, 2)
+  who, city = r.choice([(a, ca), (b, cb), (a, cb), (b, ca)])
+  yes = (who, city) in ((a, ca), (b, cb))
+  return {"context": f"{a} lives in {ca}. {b} lives in {cb}.", "question": f"Does {who} live in {city}?",
+          "answer": YES_NO[0 if yes else 1], "options": YES_NO}
+
+
 # --- list operations -------------------------------------------------------------
 def _numbers(r):
   return [r.randint(0, 9) for _ in range(r.randint(3, 6))]
@@ -202,6 +211,7 @@ DATASETS = {
     "fruit_count": ("reading_comp", fruit_count, ("context", "question"), RC),
     "thing_color": ("reading_comp", thing_color, ("context", "question"), RC),
     "home_city": ("reading_comp", home_city, ("context", "question"), RC),
+    "lives_in": ("reading_comp", lives_in, ("context", "question"), RC),
     "list_max": ("list_ops", list_max, ("items",), LIST["max"]),
     "list_min": ("list_ops", list_min, ("items",), LIST["min"]),
     "list_length": ("list_ops", list_length, ("items",), LIST["len"]),

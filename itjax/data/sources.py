@@ -1,4 +1,8 @@
-"""Data sources that feed templates: procedurally generated examples (offline)."""
+"""Data sources that feed templates: TFDS datasets and procedurally generated examples.
+
+Every source adds a "split" string feature: templating renders one template
+per example on the train split and every template on eval splits.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ def procedural_source(generate: Callable[[random.Random], Example], fields: Sequ
   """
   names = tuple(fields) + ("answer",)
 
-  def rows(split: bytes, start: int, step: int):
+  def rows(split: bytes):
     split = split.decode()
-    for i in range(start, sizes[split], step):
+    for i in range(sizes[split]):
       ex = generate(random.Random(f"{seed}/{split}/{i}"))
       yield {**{k: ex[k] for k in names}, "options": list(ex.get("options", [])), "split": split}
 
@@ -31,6 +35,25 @@ def procedural_source(generate: Callable[[random.Random], Example], fields: Sequ
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed  # order is fixed; seqio shuffles examples downstream
-    return tf.data.Dataset.from_generator(rows, output_signature=spec, args=(split, 0, 1))
+    return tf.data.Dataset.from_generator(rows, output_signature=spec, args=(split,))
 
   return seqio.FunctionDataSource(dataset_fn, splits=tuple(sizes), num_input_examples=dict(sizes))
+
+
+def add_split(ds: tf.data.Dataset, split: str) -> tf.data.Dataset:
+  return ds.map(lambda ex: {**ex, "split": tf.constant(split)}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class TfdsSource(seqio.TfdsDataSource):
+  """`seqio.TfdsDataSource` that tags examples with their split name (lazy: loads nothing here).
+
+  `splits` maps itjax split names to TFDS split expressions, e.g.
+  {"train": "train", "validation": "validation_matched"}.
+  """
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached: bool = False,
+                  num_epochs: int | None = 1) -> tf.data.Dataset:
+    ds = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                             sequence_length=sequence_length, use_cached=use_cached, num_epochs=num_epochs)
+    return add_split(ds, split)

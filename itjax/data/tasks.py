@@ -87,12 +87,14 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
 def register_instruction_task(dataset: str, cluster: str | Sequence[str], source: seqio.DataSource,
                               templates: Sequence[tmpl.Template], *, fields: Sequence[str], has_options: bool,
                               vocabulary: seqio.Vocabulary | None = None, metric_fns: Sequence = (),
-                              shuffle_buffer_size: int = 10_000) -> list[str]:
+                              shuffle_buffer_size: int = 10_000, preprocessors: Sequence = ()) -> list[str]:
   """Registers `<dataset>_<variant>` seqio tasks; returns their names.
 
-  `fields` names the source's template fields (checked against the templates
-  now, not when data is first read); datasets with answer options get both
-  the with- and without-options variants. Registration never reads data.
+  `fields` names the template fields the source (after `preprocessors`, which
+  map raw features to fields, "answer", "options" and keep "split") provides;
+  they are checked against the templates now, not when data is first read.
+  Datasets with answer options get both the with- and without-options
+  variants. Registration never reads data.
   """
   tmpl.check_templates(templates, set(fields) | {"answer"}, dataset)
   clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
@@ -102,6 +104,7 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
     seqio.TaskRegistry.add(
         name, source=source, output_features=output_features(vocabulary),
         preprocessors=[
+            *preprocessors,
             functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
                               dataset=dataset, cluster=clusters[0]),
             seqio.preprocessors.tokenize,
