@@ -46,14 +46,20 @@ def test_eval_report_written_at_end(trained):
   report = json.loads((trained / "eval" / "heldout" / "report.json").read_text())
   assert report["checkpoints"] == ["init", "step_6"]
   assert set(report["sets"]) == {"held-out", "seen"}
+  assert report["metrics"] == ["exact_match", "rank_accuracy", "rank_accuracy_norm"]
   held = report["sets"]["held-out"]
   assert [c["cluster"] for c in held["clusters"]] == ["nli"]
   # 2 examples x 3 templates, one row per template.
   assert [t["n"] for t in held["templates"]] == [2, 2, 2]
+  # Rank classification applies to the options task only; it always picks one of the two options.
+  assert report["sets"]["seen"]["overall"]["rank_accuracy"]["init"] is None
   md = (trained / "eval" / "heldout" / "report.md").read_text()
   assert "| held-out | nli | 1 |" in md and "## Per template" in md
   preds = [json.loads(line) for line in open(trained / "eval" / "heldout" / "predictions.jsonl")]
-  assert len(preds) == 12 and set(preds[0]["predictions"]) == {"init", "step_6"}
+  assert len(preds) == 12 and set(preds[0]["outputs"]) == {"init", "step_6"}
+  nli = [p for p in preds if p["cluster"] == "nli"]
+  assert all(p["outputs"]["init"]["option"] in ("yes", "no") and len(p["outputs"]["init"]["loglik"]) == 2
+             for p in nli)
 
 
 def test_resume_continues_exactly(trained, tmp_path):
@@ -76,7 +82,8 @@ def test_eval_and_infer_commands(trained, capsys):
   assert report["checkpoints"] == ["checkpoint"]
   # The same parameters give the same scores as the end-of-training eval.
   end = json.loads((trained / "eval" / "heldout" / "report.json").read_text())
-  assert report["sets"]["seen"]["overall"]["checkpoint"] == end["sets"]["seen"]["overall"]["step_6"]
+  assert (report["sets"]["seen"]["overall"]["exact_match"]["checkpoint"]
+          == end["sets"]["seen"]["overall"]["exact_match"]["step_6"])
   capsys.readouterr()
   assert main(["infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH={trained}",
                "--gin.infer.max_new_tokens=3", "--input", "What is 1 + 2?"]) == 0

@@ -6,15 +6,18 @@ process 0 writes the report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
 
+import flax.linen as nn
 import gin
 import jax
 
 from itjax.data.vocab import default_vocabulary
 from itjax.eval.generate import eval_examples, predict
+from itjax.eval.rank import rank_classify
 from itjax.eval.report import write_report
 
 log = logging.getLogger("itjax")
@@ -26,19 +29,34 @@ def eval_settings(batch_size: int = 64, max_new_tokens: int = 32, max_examples_p
   return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_per_task": max_examples_per_task}
 
 
+def score_rows(rows: list[dict], generations: list[str], ranked: list[dict | None]) -> dict[str, list]:
+  """Per-row metric outcomes (1.0 / 0.0, None where a metric does not apply)."""
+  em = [float(g.strip() == r["target"].strip()) for g, r in zip(generations, rows, strict=True)]
+  acc = [None if k is None else float(k["option"] == r["target"].strip()) for k, r in zip(ranked, rows, strict=True)]
+  norm = [None if k is None else float(k["option_norm"] == r["target"].strip())
+          for k, r in zip(ranked, rows, strict=True)]
+  return {"exact_match": em, "rank_accuracy": acc, "rank_accuracy_norm": norm}
+
+
 def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping[str, str],
              task_feature_lengths: Mapping[str, int], out_dir: str, *, mesh=None, rules=(),
              title: str = "evaluation") -> tuple[dict, str]:
-  """Generates with every checkpoint on every eval mixture; writes and prints the report."""
+  """Generates with, and rank-classifies by, every checkpoint on every eval mixture; writes the report."""
   settings = eval_settings()
   vocab = default_vocabulary()
   sets = {}
   for set_name, mixture in eval_mixtures.items():
     rows = eval_examples(mixture, task_feature_lengths, settings["max_per_task"])
-    preds = {ck: predict(model, params, rows, vocab, batch_size=settings["batch_size"],
-                         max_new_tokens=settings["max_new_tokens"], mesh=mesh, rules=rules)
-             for ck, params in params_by_name.items()}
-    sets[set_name] = (rows, preds)
+    outputs, scores = {}, {}
+    for ck, params in params_by_name.items():
+      with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
+        gens = predict(model, params, rows, vocab, batch_size=settings["batch_size"],
+                       max_new_tokens=settings["max_new_tokens"])
+        ranked = rank_classify(model, params, rows, vocab, batch_size=settings["batch_size"])
+      outputs[ck] = [{"prediction": g, **(k or {})} for g, k in zip(gens, ranked, strict=True)]
+      for metric, per_row in score_rows(rows, gens, ranked).items():
+        scores.setdefault(metric, {})[ck] = per_row
+    sets[set_name] = (rows, outputs, scores)
   extra = {"eval_mixtures": dict(eval_mixtures)}
   summary, md = write_report(out_dir, sets, title, extra) if jax.process_index() == 0 else ({}, "")
   if md:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Mapping
 
-import flax.linen as nn
 import jax
 import numpy as np
 import seqio
@@ -34,7 +32,8 @@ def eval_examples(mixture_or_task: str, feature_lengths: Mapping[str, int], max_
     for ex in ds.as_numpy_iterator():
       row = {k: ex[k].decode() for k in META}
       row.update(template_id=int(ex["template_id"]), inputs=ex["inputs_pretokenized"].decode(),
-                 target=ex["targets_pretokenized"].decode(), input_ids=ex["inputs"].tolist())
+                 target=ex["targets_pretokenized"].decode(), options=[o.decode() for o in ex["options"]],
+                 input_ids=ex["inputs"].tolist())
       rows.append(row)
   return rows
 
@@ -45,16 +44,18 @@ def _batches(rows: list[dict], batch_size: int) -> Iterator[list[dict]]:
 
 
 def predict(model: Decoder, params, rows: list[dict], vocab: seqio.Vocabulary, *, batch_size: int,
-            max_new_tokens: int, mesh=None, rules=()) -> list[str]:
-  """Greedy continuations of each row's prompt (BOS + input ids), decoded to text."""
+            max_new_tokens: int) -> list[str]:
+  """Greedy continuations of each row's prompt (BOS + input ids), decoded to text.
+
+  Call inside the mesh / logical-axis-rules context that the params are sharded for.
+  """
   preds = []
   for chunk in _batches(rows, batch_size):
     # The decoder was trained on BOS (id 0) + inputs, as PrefixLMFeatureConverter builds them.
     prompts = [[0] + r["input_ids"] for r in chunk]
     pad_rows = batch_size - len(prompts)
     tokens, mask = left_pad(prompts + [[0]] * pad_rows)
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
-      out = greedy_decode(model, params, tokens, mask, max_new_tokens=max_new_tokens, eos_id=vocab.eos_id)
+    out = greedy_decode(model, params, tokens, mask, max_new_tokens=max_new_tokens, eos_id=vocab.eos_id)
     out = np.asarray(jax.device_get(out))[: len(chunk)]
     preds += [vocab.decode(strip_eos(o, vocab.eos_id)) for o in out]
   return preds

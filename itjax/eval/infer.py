@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax.linen as nn
 import gin
+import jax
 
 from itjax.data.vocab import default_vocabulary
 from itjax.eval.generate import predict
@@ -20,5 +22,5 @@ def infer(*, inputs: Sequence[str], checkpoint_path: str = gin.REQUIRED, max_new
   model, params = load_model(checkpoint_path, mesh, rules)
   vocab = default_vocabulary()
   rows = [{"input_ids": list(vocab.encode(t.rstrip() + "\n"))} for t in inputs]
-  return predict(model, params, rows, vocab, batch_size=batch_size, max_new_tokens=max_new_tokens, mesh=mesh,
-                 rules=rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return predict(model, params, rows, vocab, batch_size=batch_size, max_new_tokens=max_new_tokens)

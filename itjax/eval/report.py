@@ -2,92 +2,127 @@
 
 Scores are grouped the way FLAN reports them: per template, per dataset (mean
 over templates, and the best template), and per cluster (mean over its
-datasets), for each evaluated checkpoint side by side.
+datasets), for each evaluated checkpoint side by side. Every metric is a mean
+of per-row outcomes; rows a metric does not apply to (rank classification
+on a task without options) are left out of that metric.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from itjax.eval.metrics import exact_match
+# metric -> checkpoint -> per-row score in [0, 1], or None where the metric does not apply.
+RowScores = Mapping[str, Mapping[str, Sequence[float | None]]]
+METRIC_TITLES = {
+    "exact_match": "exact match of the greedy generation",
+    "rank_accuracy": "rank classification: the option with the highest log-likelihood",
+    "rank_accuracy_norm": "rank classification, log-likelihood per byte (lm-eval acc_norm)",
+}
 
-METRIC = "exact_match"
+
+def _mean(values: Sequence[float | None]) -> float | None:
+  vals = [v for v in values if v is not None]
+  return 100.0 * sum(vals) / len(vals) if vals else None
 
 
-def _em(rows: Sequence[dict], preds: Sequence[str]) -> float:
-  return exact_match([r["target"] for r in rows], list(preds))
+def _avg(values: Sequence[float | None]) -> float | None:
+  vals = [v for v in values if v is not None]
+  return sum(vals) / len(vals) if vals else None
 
 
-def summarize(sets: Mapping[str, tuple[list[dict], Mapping[str, list[str]]]]) -> dict:
-  """{set: {"clusters": [...], "datasets": [...], "templates": [...]}} with one score per checkpoint."""
-  out = {}
-  for set_name, (rows, preds) in sets.items():
-    by_template: dict[tuple, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-      by_template[(r["cluster"], r["dataset"], r["template_id"])].append(i)
-    templates = [
-        {"cluster": c, "dataset": d, "template": t, "n": len(idx),
-         "scores": {ck: _em([rows[i] for i in idx], [p[i] for i in idx]) for ck, p in preds.items()}}
-        for (c, d, t), idx in sorted(by_template.items())]
-    datasets = []
-    for (c, d) in sorted({(t["cluster"], t["dataset"]) for t in templates}):
-      ts = [t for t in templates if t["dataset"] == d]
-      datasets.append({"cluster": c, "dataset": d, "n": sum(t["n"] for t in ts), "templates": len(ts),
-                       "scores": {ck: sum(t["scores"][ck] for t in ts) / len(ts) for ck in preds},
-                       "best_template": {ck: max(t["scores"][ck] for t in ts) for ck in preds}})
-    clusters = []
-    for c in sorted({d["cluster"] for d in datasets}):
-      ds = [d for d in datasets if d["cluster"] == c]
-      clusters.append({"cluster": c, "datasets": len(ds),
-                       "scores": {ck: sum(d["scores"][ck] for d in ds) / len(ds) for ck in preds}})
-    overall = {ck: sum(c["scores"][ck] for c in clusters) / len(clusters) for ck in preds} if clusters else {}
-    out[set_name] = {"overall": overall, "clusters": clusters, "datasets": datasets, "templates": templates}
-  return out
+def _best(values: Sequence[float | None]) -> float | None:
+  return max((v for v in values if v is not None), default=None)
+
+
+def summarize_set(rows: Sequence[dict], scores: RowScores) -> dict:
+  """{"overall", "clusters", "datasets", "templates"}, each with scores[metric][checkpoint]."""
+  by_template: dict[tuple, list[int]] = defaultdict(list)
+  for i, r in enumerate(rows):
+    by_template[(r["cluster"], r["dataset"], r["template_id"])].append(i)
+
+  def table(fn):
+    return {m: {ck: fn(per_row) for ck, per_row in cks.items()} for m, cks in scores.items()}
+
+  templates = [{"cluster": c, "dataset": d, "template": t, "n": len(idx),
+                "scores": table(lambda v, idx=idx: _mean([v[i] for i in idx]))}
+               for (c, d, t), idx in sorted(by_template.items())]
+  datasets = []
+  for c, d in sorted({(t["cluster"], t["dataset"]) for t in templates}):
+    ts = [t for t in templates if t["dataset"] == d]
+    per_template = {m: {ck: [t["scores"][m][ck] for t in ts] for ck in cks} for m, cks in scores.items()}
+    datasets.append({"cluster": c, "dataset": d, "n": sum(t["n"] for t in ts), "templates": len(ts),
+                     "scores": {m: {ck: _avg(v) for ck, v in cks.items()} for m, cks in per_template.items()},
+                     "best_template": {m: {ck: _best(v) for ck, v in cks.items()} for m, cks in per_template.items()}})
+  clusters = []
+  for c in sorted({d["cluster"] for d in datasets}):
+    ds = [d for d in datasets if d["cluster"] == c]
+    clusters.append({"cluster": c, "datasets": len(ds),
+                     "scores": {m: {ck: _avg([d["scores"][m][ck] for d in ds]) for ck in cks}
+                                for m, cks in scores.items()}})
+  overall = {m: {ck: _avg([c["scores"][m][ck] for c in clusters]) for ck in cks} for m, cks in scores.items()}
+  return {"overall": overall, "clusters": clusters, "datasets": datasets, "templates": templates}
+
+
+def _fmt(v) -> str:
+  if v is None or (isinstance(v, float) and math.isnan(v)):
+    return "–"
+  return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-  fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+  lines += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
   return "\n".join(lines)
 
 
-def markdown(summary: dict, checkpoints: Sequence[str], title: str) -> str:
+def markdown(summary: Mapping[str, dict], metrics: Sequence[str], checkpoints: Sequence[str], title: str) -> str:
   cks = list(checkpoints)
-  parts = [f"# {title}", "", f"Metric: {METRIC} (%), zero-shot, mean over templates unless noted.", ""]
-  parts.append(_table(["set", "cluster", "datasets"] + cks,
-                      [[s, c["cluster"], c["datasets"]] + [c["scores"][k] for k in cks]
+  cols = [(m, ck) for m in metrics for ck in cks]
+  head = [f"{m} {ck}" for m, ck in cols]
+  parts = [f"# {title}", "", "Zero-shot; scores in %, mean over templates unless noted; – where a metric does not "
+           "apply (rank classification needs answer options).", ""]
+  parts += [f"- {m}: {METRIC_TITLES.get(m, m)}" for m in metrics] + [""]
+  parts.append(_table(["set", "cluster", "datasets"] + head,
+                      [[s, c["cluster"], c["datasets"]] + [c["scores"][m][ck] for m, ck in cols]
                        for s, v in summary.items() for c in v["clusters"]]
-                      + [[s, "**mean**", "", *[v["overall"][k] for k in cks]] for s, v in summary.items()]))
-  parts += ["", "## Per dataset", ""]
-  parts.append(_table(["set", "cluster", "dataset", "n", "templates"] + cks + [f"{k} (best template)" for k in cks],
-                      [[s, d["cluster"], d["dataset"], d["n"], d["templates"]] + [d["scores"][k] for k in cks]
-                       + [d["best_template"][k] for k in cks] for s, v in summary.items() for d in v["datasets"]]))
+                      + [[s, "**mean**", ""] + [v["overall"][m][ck] for m, ck in cols] for s, v in summary.items()]))
+  parts += ["", "## Per dataset (mean over templates; best template in the second block)", ""]
+  parts.append(_table(["set", "cluster", "dataset", "n", "templates"] + head + [f"best {h}" for h in head],
+                      [[s, d["cluster"], d["dataset"], d["n"], d["templates"]]
+                       + [d["scores"][m][ck] for m, ck in cols] + [d["best_template"][m][ck] for m, ck in cols]
+                       for s, v in summary.items() for d in v["datasets"]]))
   parts += ["", "## Per template", ""]
-  parts.append(_table(["set", "dataset", "template", "n"] + cks,
-                      [[s, t["dataset"], t["template"], t["n"]] + [t["scores"][k] for k in cks]
+  parts.append(_table(["set", "dataset", "template", "n"] + head,
+                      [[s, t["dataset"], t["template"], t["n"]] + [t["scores"][m][ck] for m, ck in cols]
                        for s, v in summary.items() for t in v["templates"]]))
   return "\n".join(parts) + "\n"
 
 
-def write_report(out_dir: str, sets: Mapping[str, tuple[list[dict], Mapping[str, list[str]]]],
+def write_report(out_dir: str, sets: Mapping[str, tuple[list[dict], Mapping[str, list[dict]], RowScores]],
                  title: str, extra: Mapping | None = None) -> tuple[dict, str]:
-  """Writes report.json, report.md and predictions.jsonl into out_dir; returns (summary, markdown)."""
+  """Writes report.json, report.md and predictions.jsonl; returns (summary, markdown).
+
+  `sets[name] = (rows, outputs, scores)`: eval rows, per-checkpoint per-row
+  outputs (prediction text, chosen option, ...) and per-row metric scores.
+  """
   os.makedirs(out_dir, exist_ok=True)
-  summary = summarize(sets)
-  checkpoints = list(next(iter(sets.values()))[1]) if sets else []
-  md = markdown(summary, checkpoints, title)
+  summary = {name: summarize_set(rows, scores) for name, (rows, _, scores) in sets.items()}
+  first = next(iter(sets.values()), None)
+  checkpoints = list(first[1]) if first else []
+  metrics = [m for m in METRIC_TITLES if any(m in sc for _, _, sc in sets.values())]
+  md = markdown(summary, metrics, checkpoints, title)
   with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump({"title": title, "metric": METRIC, "checkpoints": checkpoints, **(extra or {}), "sets": summary}, f,
+    json.dump({"title": title, "metrics": metrics, "checkpoints": checkpoints, **(extra or {}), "sets": summary}, f,
               indent=1)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(md)
   with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
-    for set_name, (rows, preds) in sets.items():
+    for set_name, (rows, outputs, _) in sets.items():
       for i, r in enumerate(rows):
         rec = {k: v for k, v in r.items() if k != "input_ids"}
-        f.write(json.dumps({"set": set_name, **rec, "predictions": {k: p[i] for k, p in preds.items()}}) + "\n")
+        f.write(json.dumps({"set": set_name, **rec, "outputs": {ck: o[i] for ck, o in outputs.items()}}) + "\n")
   return summary, md

@@ -1,0 +1,41 @@
+"""Rank classification: pick the answer option the model finds most likely.
+
+Every option is scored as a continuation of the prompt (with EOS, so that an
+option that is a prefix of another is not favoured); the prediction is the
+option with the highest total log-likelihood, and, as lm-evaluation-harness's
+acc_norm, the highest log-likelihood per UTF-8 byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import seqio
+
+from itjax.models.scoring import score_continuations
+
+
+def rank_classify(model, params, rows: Sequence[dict], vocab: seqio.Vocabulary, *,
+                  batch_size: int = 64) -> list[dict | None]:
+  """Per row: {"option", "option_norm", "loglik"} for rows with options, else None."""
+  pairs, owner = [], []
+  for i, r in enumerate(rows):
+    for opt in r.get("options") or ():
+      pairs.append((r["input_ids"], list(vocab.encode(opt)) + [vocab.eos_id]))
+      owner.append(i)
+  if not pairs:
+    return [None] * len(rows)
+  scores, _ = score_continuations(model, params, pairs, batch_size=batch_size)
+  out: list[dict | None] = [None] * len(rows)
+  owner = np.asarray(owner)
+  for i, r in enumerate(rows):
+    idx = np.nonzero(owner == i)[0]
+    if not len(idx):
+      continue
+    opts = list(r["options"])
+    s = scores[idx]
+    per_byte = s / np.array([max(len(o.encode("utf-8")), 1) for o in opts])
+    out[i] = {"option": opts[int(np.argmax(s))], "option_norm": opts[int(np.argmax(per_byte))],
+              "loglik": [round(float(v), 4) for v in s]}
+  return out
