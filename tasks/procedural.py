@@ -3,7 +3,8 @@
 Six clusters of three or four datasets each, small enough that a byte-level model
 learns the seen ones in minutes on a CPU. Every dataset is deterministic by
 seed; classification datasets carry answer options. Registered as
-`proc_<dataset>_<variant>`, with held-out mixtures `proc_heldout_<cluster>`.
+`proc_<dataset>_<variant>` (zero- and 2-shot, with and without options), with
+zero-shot held-out mixtures `proc_heldout_<cluster>`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import random
 
 from itjax.data.mixtures import register_heldout_mixtures
 from itjax.data.sources import procedural_source
-from itjax.data.tasks import register_instruction_task
+from itjax.data.tasks import TASK_INFO, register_instruction_task
 from itjax.data.templates import Template as T
 
 SEED = 1234
 SIZES = {"train": 20_000, "validation": 64}
 # Generated examples are already i.i.d.; a small buffer keeps start-up fast.
 SHUFFLE_BUFFER = 256
+NUM_SHOTS = 2
 NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Joe"]
 COLORS = ["red", "blue", "green", "black", "white", "pink"]
 THINGS = ["ball", "cup", "box", "hat", "car", "pen"]
@@ -224,8 +226,10 @@ def register() -> list[str]:
   for i, (dataset, (cluster, gen, fields, templates)) in enumerate(DATASETS.items()):
     source = procedural_source(gen, fields, SIZES, seed=SEED + i)
     names += register_instruction_task(f"proc_{dataset}", cluster, source, templates, fields=fields,
-                                       has_options=cluster in OPTION_CLUSTERS, shuffle_buffer_size=SHUFFLE_BUFFER)
-  return names + register_heldout_mixtures("proc", names)
+                                       has_options=cluster in OPTION_CLUSTERS, shuffle_buffer_size=SHUFFLE_BUFFER,
+                                       num_shots=NUM_SHOTS)
+  # The held-out mixtures are zero-shot: few-shot prompts are 3x longer, too slow for the CPU default.
+  return names + register_heldout_mixtures("proc", [n for n in names if TASK_INFO[n].variant.startswith("zs_")])
 
 
 NAMES_REGISTERED = register()

@@ -43,7 +43,7 @@ def check_disjoint(train: Sequence[TaskInfo], evals: Sequence[TaskInfo], what: s
 
 
 def eval_variant(infos: Sequence[TaskInfo]) -> list[TaskInfo]:
-  """One task per dataset for evaluation: with options where the dataset has them."""
+  """One task per dataset for (zero-shot) evaluation: with options where the dataset has them."""
   want = {t.dataset: (tmpl.ZERO_SHOT_OPT if t.has_options else tmpl.ZERO_SHOT_NOOPT) for t in infos}
   return [t for t in infos if t.variant == want[t.dataset]]
 

@@ -22,6 +22,8 @@ from itjax.data import templates as tmpl
 from itjax.data.vocab import default_vocabulary
 
 TRAIN_SPLIT = "train"
+EXEMPLAR_SEED = 4321
+SHOTS = "_shots"  # transient feature: a few-shot example's candidate exemplars
 # String features every source must provide besides its template fields.
 META_FIELDS = ("answer", "split")
 
@@ -52,11 +54,22 @@ def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seq
 
 
 def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
-                    dataset: str, cluster: str) -> tf.data.Dataset:
-  """Renders examples: one template each on train, every template on eval splits."""
+                    dataset: str, cluster: str, exemplars=None, num_shots: int = 0) -> tf.data.Dataset:
+  """Renders examples: one template each on train, every template on eval splits.
+
+  Few-shot variants zip each example with `num_shots + 1` candidate exemplars
+  from `exemplars()` (the train split, shuffled and repeated).
+  """
+  if tmpl.is_few_shot(variant):
+    pool = exemplars().padded_batch(num_shots + 1, drop_remainder=True)
+    ds = tf.data.Dataset.zip(ds, pool).map(lambda ex, shots: {**ex, SHOTS: shots})
 
   def render_one(ex, i):
-    inputs, targets = tmpl.render(templates[i], ex, variant)
+    base = {k: v for k, v in ex.items() if k != SHOTS}
+    if SHOTS in ex:
+      inputs, targets = tmpl.with_exemplars(templates[i], base, ex[SHOTS], variant)
+    else:
+      inputs, targets = tmpl.render(templates[i], base, variant)
     return {
         "inputs": inputs, "targets": targets, "answer": ex["answer"], "options": ex["options"],
         "task": tf.constant(task), "dataset": tf.constant(dataset), "cluster": tf.constant(cluster),
@@ -64,7 +77,7 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
     }
 
   def render_chosen(ex):
-    i = tmpl.example_hash(ex, len(templates))
+    i = tmpl.example_hash({k: v for k, v in ex.items() if k != SHOTS}, len(templates))
     branches = [functools.partial(render_one, ex, j) for j in range(len(templates))]
     out = tf.switch_case(tf.cast(i, tf.int32), branches)
     out["template_id"] = tf.cast(i, tf.int32)
@@ -87,7 +100,8 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
 def register_instruction_task(dataset: str, cluster: str | Sequence[str], source: seqio.DataSource,
                               templates: Sequence[tmpl.Template], *, fields: Sequence[str], has_options: bool,
                               vocabulary: seqio.Vocabulary | None = None, metric_fns: Sequence = (),
-                              shuffle_buffer_size: int = 10_000, preprocessors: Sequence = ()) -> list[str]:
+                              shuffle_buffer_size: int = 10_000, preprocessors: Sequence = (),
+                              num_shots: int = 0) -> list[str]:
   """Registers `<dataset>_<variant>` seqio tasks; returns their names.
 
   `fields` names the template fields the source (after `preprocessors`, which
@@ -99,15 +113,28 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
   tmpl.check_templates(templates, set(fields) | {"answer"}, dataset)
   clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
   names = []
-  for variant in tmpl.VARIANTS if has_options else (tmpl.ZERO_SHOT_NOOPT,):
+  variants = [v for v in tmpl.VARIANTS if (has_options or not tmpl.lists_options(v))
+              and (num_shots or not tmpl.is_few_shot(v))]
+
+  def exemplars():
+    raw = source.get_dataset(split=TRAIN_SPLIT, shuffle=True, seed=EXEMPLAR_SEED)
+    for p in preprocessors:
+      raw = p(raw)
+    return raw.repeat().shuffle(1000, seed=EXEMPLAR_SEED, reshuffle_each_iteration=False)
+
+  for variant in variants:
     name = f"{dataset}_{variant}"
+    few = tmpl.is_few_shot(variant)
     seqio.TaskRegistry.add(
         name, source=source, output_features=output_features(vocabulary),
         preprocessors=[
             *preprocessors,
             functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
-                              dataset=dataset, cluster=clusters[0]),
+                              dataset=dataset, cluster=clusters[0], exemplars=exemplars if few else None,
+                              num_shots=num_shots),
             seqio.preprocessors.tokenize,
+            # Few-shot prompts lose their oldest exemplar text first, never the query.
+            *([seqio.preprocessors.truncate_inputs_left] if few else []),
             seqio.preprocessors.append_eos_after_trim,
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)

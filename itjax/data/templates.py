@@ -19,7 +19,18 @@ OPTIONS_FIELD = "options_"
 # Variants of a task; each is registered as its own seqio task (suffix below).
 ZERO_SHOT_OPT = "zs_opt"
 ZERO_SHOT_NOOPT = "zs_noopt"
-VARIANTS = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT)
+FEW_SHOT_OPT = "fs_opt"
+FEW_SHOT_NOOPT = "fs_noopt"
+VARIANTS = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT, FEW_SHOT_OPT, FEW_SHOT_NOOPT)
+EXEMPLAR_SEPARATOR = "\n\n"
+
+
+def lists_options(variant: str) -> bool:
+  return variant.endswith("_opt")
+
+
+def is_few_shot(variant: str) -> bool:
+  return variant.startswith("fs_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +70,7 @@ def options_text(options: tf.Tensor) -> tf.Tensor:
 def render(template: Template, ex: Mapping[str, tf.Tensor], variant: str) -> tuple[tf.Tensor, tf.Tensor]:
   """Renders (inputs, targets). Inputs end with a newline: a decoder sees the boundary."""
   # Turned-around templates answer with a field, not an option: no OPTIONS list.
-  with_options = variant == ZERO_SHOT_OPT and not template.reverse
+  with_options = lists_options(variant) and not template.reverse
   opts = options_text(ex["options"]) if with_options else tf.constant("")
   inputs_fmt = template.inputs
   if OPTIONS_FIELD not in _field_names(inputs_fmt) and with_options:
@@ -83,6 +94,36 @@ def check_templates(templates: Sequence[Template], fields: set[str], task: str) 
 
 def example_hash(ex: Mapping[str, tf.Tensor], buckets: int) -> tf.Tensor:
   """A deterministic per-example bucket from its string fields (template choice)."""
-  keys = sorted(k for k, v in ex.items() if v.dtype == tf.string and v.shape.rank == 0)
-  joined = tf.strings.join([ex[k] for k in keys], separator="\x1f")
-  return tf.strings.to_hash_bucket_fast(joined, buckets)
+  return tf.strings.to_hash_bucket_fast(example_key(ex, with_split=True), buckets)
+
+
+def with_exemplars(template: Template, ex: Mapping[str, tf.Tensor], exemplars: Mapping[str, tf.Tensor],
+                   variant: str) -> tuple[tf.Tensor, tf.Tensor]:
+  """Few-shot rendering: solved exemplars (same template) before the example; never the example itself.
+
+  `exemplars` holds k+1 candidate examples (batched fields, options padded with
+  ""); candidates equal to `ex` are dropped and the first k others are used.
+  """
+  inputs, targets = render(template, ex, variant)
+  count = tf.shape(exemplars["answer"])[0]
+  key = example_key(ex)
+  shots = []
+  for j in range(exemplars["answer"].shape[0] or 0):
+    cand = {k: v[j] for k, v in exemplars.items()}
+    cand["options"] = tf.boolean_mask(cand["options"], tf.strings.length(cand["options"]) > 0)
+    e_in, e_tgt = render(template, cand, variant)
+    shots.append((tf.not_equal(example_key(cand), key), tf.strings.join([e_in, e_tgt])))
+  keep = tf.stack([k for k, _ in shots])
+  texts = tf.stack([t for _, t in shots])
+  # Keep the first k = count - 1 candidates that differ from the example.
+  rank = tf.cumsum(tf.cast(keep, tf.int32))
+  chosen = tf.boolean_mask(texts, keep & (rank <= count - 1))
+  prefix = tf.strings.reduce_join(tf.strings.join([chosen, EXEMPLAR_SEPARATOR]))
+  return tf.strings.join([prefix, inputs]), targets
+
+
+def example_key(ex: Mapping[str, tf.Tensor], with_split: bool = False) -> tf.Tensor:
+  """The example's identity: its scalar string fields joined in a fixed order."""
+  keys = sorted(k for k, v in ex.items()
+                if v.dtype == tf.string and v.shape.rank == 0 and (with_split or k != "split"))
+  return tf.strings.join([ex[k] for k in keys], separator="\x1f")

@@ -105,3 +105,38 @@ def test_overlapping_train_and_eval_are_refused():
 
   with pytest.raises(ValueError, match="share datasets \\['mnli'\\]"):
     check_disjoint([_info("mnli", "nli")], [_info("mnli", "nli")], "bad")
+
+
+def test_few_shot_exemplars_use_the_same_template_and_never_the_example():
+  rows = _examples("proc_successor_fs_noopt", "validation", 9)
+  for r in rows:
+    text = r["inputs_pretokenized"].decode()
+    blocks = text.split("\n\n")
+    assert len(blocks) == 3  # two solved exemplars, then the query
+    query = blocks[-1]
+    assert all(b.split("\n")[0] != query.strip() for b in blocks[:-1])
+    # Each exemplar is the same template, solved: "<prompt>\n<answer>".
+    template_words = query.split()[:3]
+    for b in blocks[:-1]:
+      prompt, answer = b.split("\n")
+      assert prompt.split()[:3] == template_words
+      assert int(answer) == int(prompt.split()[-1].rstrip("?.")) + 1
+
+
+def test_few_shot_exemplar_equal_to_the_example_is_dropped():
+  ex = {"a": tf.constant("7"), "answer": tf.constant("8"), "options": tf.constant([], tf.string)}
+  shots = {"a": tf.constant(["7", "1", "2"]), "answer": tf.constant(["8", "2", "3"]),
+           "options": tf.zeros((3, 0), tf.string)}
+  inputs, _ = tmpl.with_exemplars(tmpl.Template("After {a}?"), ex, shots, tmpl.FEW_SHOT_NOOPT)
+  assert inputs.numpy() == b"After 1?\n2\n\nAfter 2?\n3\n\nAfter 7?\n"
+
+
+def test_few_shot_truncates_from_the_left_so_the_query_survives():
+  ds = seqio.get_mixture_or_task("proc_successor_fs_noopt").get_dataset({"inputs": 24, "targets": 8},
+                                                                         split="validation", shuffle=False)
+  from itjax.data.vocab import default_vocabulary
+
+  for ex in ds.take(3).as_numpy_iterator():
+    full = ex["inputs_pretokenized"].decode()
+    kept = default_vocabulary().decode(ex["inputs"].tolist())
+    assert len(ex["inputs"]) == 24 and full.endswith(kept)
