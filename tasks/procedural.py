@@ -3,7 +3,8 @@
 Six clusters of three or four datasets each, small enough that a byte-level model
 learns the seen ones in minutes on a CPU. Every dataset is deterministic by
 seed; classification datasets carry answer options. Registered as
-`proc_<dataset>_<variant>` (zero- and 2-shot, with and without options), with
+`proc_<dataset>_<variant>` (zero- and 2-shot, with and without options, and
+chain-of-thought where a rationale is generated), with
 zero-shot held-out mixtures `proc_heldout_<cluster>`.
 """
 
@@ -14,6 +15,7 @@ import random
 from itjax.data.mixtures import register_heldout_mixtures
 from itjax.data.sources import procedural_source
 from itjax.data.tasks import TASK_INFO, register_instruction_task
+from itjax.data.templates import ZERO_SHOT_NOOPT, ZERO_SHOT_OPT
 from itjax.data.templates import Template as T
 
 SEED = 1234
@@ -40,13 +42,13 @@ def _words(r: random.Random, n: int) -> list[str]:
 # --- arithmetic -------------------------------------------------------------
 def add(r):
   a, b = r.randint(0, 20), r.randint(0, 20)
-  return {"a": str(a), "b": str(b), "answer": str(a + b)}
+  return {"a": str(a), "b": str(b), "answer": str(a + b), "rationale": f"Adding {b} to {a} gives {a + b}."}
 
 
 def subtract(r):
   a = r.randint(0, 30)
   b = r.randint(0, a)
-  return {"a": str(a), "b": str(b), "answer": str(a - b)}
+  return {"a": str(a), "b": str(b), "answer": str(a - b), "rationale": f"Taking {b} away from {a} leaves {a - b}."}
 
 
 def successor(r):
@@ -162,12 +164,14 @@ def _numbers(r):
 
 def list_max(r):
   xs = _numbers(r)
-  return {"items": " ".join(map(str, xs)), "answer": str(max(xs))}
+  return {"items": " ".join(map(str, xs)), "answer": str(max(xs)),
+          "rationale": f"In order the numbers are {' '.join(map(str, sorted(xs)))}; the last is {max(xs)}."}
 
 
 def list_min(r):
   xs = _numbers(r)
-  return {"items": " ".join(map(str, xs)), "answer": str(min(xs))}
+  return {"items": " ".join(map(str, xs)), "answer": str(min(xs)),
+          "rationale": f"In order the numbers are {' '.join(map(str, sorted(xs)))}; the first is {min(xs)}."}
 
 
 def list_length(r):
@@ -198,8 +202,8 @@ LIST = {"max": [T("What is the largest number in: {items}"), T("Numbers: {items}
 
 # dataset -> (cluster, generator, fields, templates)
 DATASETS = {
-    "add": ("arithmetic", add, ("a", "b"), ARITH),
-    "subtract": ("arithmetic", subtract, ("a", "b"), SUB),
+    "add": ("arithmetic", add, ("a", "b", "rationale"), ARITH),
+    "subtract": ("arithmetic", subtract, ("a", "b", "rationale"), SUB),
     "successor": ("arithmetic", successor, ("a",), SUCC),
     "uppercase": ("string", uppercase, ("text",), UPPER),
     "reverse_word": ("string", reverse_word, ("text",), REV),
@@ -214,8 +218,8 @@ DATASETS = {
     "thing_color": ("reading_comp", thing_color, ("context", "question"), RC),
     "home_city": ("reading_comp", home_city, ("context", "question"), RC),
     "lives_in": ("reading_comp", lives_in, ("context", "question"), RC),
-    "list_max": ("list_ops", list_max, ("items",), LIST["max"]),
-    "list_min": ("list_ops", list_min, ("items",), LIST["min"]),
+    "list_max": ("list_ops", list_max, ("items", "rationale"), LIST["max"]),
+    "list_min": ("list_ops", list_min, ("items", "rationale"), LIST["min"]),
     "list_length": ("list_ops", list_length, ("items",), LIST["len"]),
 }
 OPTION_CLUSTERS = {"sentiment", "nli", "reading_comp"}
@@ -228,8 +232,10 @@ def register() -> list[str]:
     names += register_instruction_task(f"proc_{dataset}", cluster, source, templates, fields=fields,
                                        has_options=cluster in OPTION_CLUSTERS, shuffle_buffer_size=SHUFFLE_BUFFER,
                                        num_shots=NUM_SHOTS)
-  # The held-out mixtures are zero-shot: few-shot prompts are 3x longer, too slow for the CPU default.
-  return names + register_heldout_mixtures("proc", [n for n in names if TASK_INFO[n].variant.startswith("zs_")])
+  # The held-out mixtures are plain zero-shot (with and without options): few-shot prompts are 3x longer and
+  # chain-of-thought targets 5x, too slow for the CPU default. The other variants are tasks of their own.
+  zero_shot = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT)
+  return names + register_heldout_mixtures("proc", [n for n in names if TASK_INFO[n].variant in zero_shot])
 
 
 NAMES_REGISTERED = register()

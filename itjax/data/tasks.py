@@ -76,14 +76,14 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
         "variant": tf.constant(variant), "template_id": tf.constant(i, tf.int32),
     }
 
-  def render_chosen(ex):
-    i = tmpl.example_hash({k: v for k, v in ex.items() if k != SHOTS}, len(templates))
-    branches = [functools.partial(render_one, ex, j) for j in range(len(templates))]
-    out = tf.switch_case(tf.cast(i, tf.int32), branches)
-    out["template_id"] = tf.cast(i, tf.int32)
-    return out
-
   forward = [j for j, t in enumerate(templates) if not t.reverse]
+  # Chain of thought reasons towards the answer: turned-around templates do not apply.
+  choices = forward if variant == tmpl.CHAIN_OF_THOUGHT else list(range(len(templates)))
+
+  def render_chosen(ex):
+    k = tmpl.example_hash({key: v for key, v in ex.items() if key != SHOTS}, len(choices))
+    branches = [functools.partial(render_one, ex, j) for j in choices]
+    return tf.switch_case(tf.cast(k, tf.int32), branches)
 
   def render_all(ex):
     branches = [functools.partial(render_one, ex, j) for j in forward]
@@ -113,8 +113,9 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
   tmpl.check_templates(templates, set(fields) | {"answer"}, dataset)
   clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
   names = []
+  has_rationale = "rationale" in fields
   variants = [v for v in tmpl.VARIANTS if (has_options or not tmpl.lists_options(v))
-              and (num_shots or not tmpl.is_few_shot(v))]
+              and (num_shots or not tmpl.is_few_shot(v)) and (has_rationale or v != tmpl.CHAIN_OF_THOUGHT)]
 
   def exemplars():
     raw = source.get_dataset(split=TRAIN_SPLIT, shuffle=True, seed=EXEMPLAR_SEED)

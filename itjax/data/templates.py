@@ -10,6 +10,7 @@ shares one fast, deterministic path. `{options_}` marks where FLAN's
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 from collections.abc import Mapping, Sequence
 
@@ -21,7 +22,11 @@ ZERO_SHOT_OPT = "zs_opt"
 ZERO_SHOT_NOOPT = "zs_noopt"
 FEW_SHOT_OPT = "fs_opt"
 FEW_SHOT_NOOPT = "fs_noopt"
-VARIANTS = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT, FEW_SHOT_OPT, FEW_SHOT_NOOPT)
+CHAIN_OF_THOUGHT = "zs_cot"  # needs a "rationale" field; targets reason first, then answer
+VARIANTS = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT, FEW_SHOT_OPT, FEW_SHOT_NOOPT, CHAIN_OF_THOUGHT)
+COT_TRIGGER = "Let's think step by step."
+COT_TARGET = "{rationale} So the answer is {answer}."
+_COT_ANSWER = re.compile(r"So the answer is (.*?)\.?\s*$", re.DOTALL)
 EXEMPLAR_SEPARATOR = "\n\n"
 
 
@@ -31,6 +36,12 @@ def lists_options(variant: str) -> bool:
 
 def is_few_shot(variant: str) -> bool:
   return variant.startswith("fs_")
+
+
+def extract_cot_answer(text: str) -> str:
+  """The answer after "So the answer is" in a chain-of-thought output ("" when absent)."""
+  m = _COT_ANSWER.search(text.strip())
+  return m.group(1).strip() if m else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +90,8 @@ def render(template: Template, ex: Mapping[str, tf.Tensor], variant: str) -> tup
   else:
     inputs = _render(inputs_fmt, ex, opts)
   inputs = tf.strings.strip(inputs)  # an empty {options_} must not leave stray blank lines
+  if variant == CHAIN_OF_THOUGHT:
+    return tf.strings.join([inputs, " ", COT_TRIGGER, "\n"]), _render(COT_TARGET, ex, opts)
   return tf.strings.join([inputs, "\n"]), _render(template.targets, ex, opts)
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import gin
 import jax
 
+from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
 from itjax.data.vocab import default_vocabulary
 from itjax.eval.generate import eval_examples, predict
 from itjax.eval.rank import rank_classify
@@ -30,8 +31,12 @@ def eval_settings(batch_size: int = 64, max_new_tokens: int = 32, max_examples_p
 
 
 def score_rows(rows: list[dict], generations: list[str], ranked: list[dict | None]) -> dict[str, list]:
-  """Per-row metric outcomes (1.0 / 0.0, None where a metric does not apply)."""
-  em = [float(g.strip() == r["target"].strip()) for g, r in zip(generations, rows, strict=True)]
+  """Per-row metric outcomes (1.0 / 0.0, None where a metric does not apply).
+
+  Chain-of-thought rows are scored on the answer after "So the answer is".
+  """
+  em = [float(extract_cot_answer(g) == r["answer"].strip()) if r["variant"] == CHAIN_OF_THOUGHT
+        else float(g.strip() == r["target"].strip()) for g, r in zip(generations, rows, strict=True)]
   acc = [None if k is None else float(k["option"] == r["target"].strip()) for k, r in zip(ranked, rows, strict=True)]
   norm = [None if k is None else float(k["option_norm"] == r["target"].strip())
           for k, r in zip(ranked, rows, strict=True)]

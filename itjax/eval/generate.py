@@ -32,7 +32,8 @@ def eval_examples(mixture_or_task: str, feature_lengths: Mapping[str, int], max_
     for ex in ds.as_numpy_iterator():
       row = {k: ex[k].decode() for k in META}
       row.update(template_id=int(ex["template_id"]), inputs=ex["inputs_pretokenized"].decode(),
-                 target=ex["targets_pretokenized"].decode(), options=[o.decode() for o in ex["options"]],
+                 target=ex["targets_pretokenized"].decode(), answer=ex["answer"].decode(),
+                 options=[o.decode() for o in ex["options"]],
                  input_ids=ex["inputs"].tolist())
       rows.append(row)
   return rows

@@ -140,3 +140,13 @@ def test_few_shot_truncates_from_the_left_so_the_query_survives():
     full = ex["inputs_pretokenized"].decode()
     kept = default_vocabulary().decode(ex["inputs"].tolist())
     assert len(ex["inputs"]) == 24 and full.endswith(kept)
+
+
+def test_chain_of_thought_variant_reasons_then_answers():
+  assert "proc_add_zs_cot" in seqio.TaskRegistry.names() and "proc_uppercase_zs_cot" not in seqio.TaskRegistry.names()
+  for r in _examples("proc_add_zs_cot", "validation", 3):
+    inputs, target = r["inputs_pretokenized"].decode(), r["targets_pretokenized"].decode()
+    assert inputs.endswith("Let's think step by step.\n")
+    assert target.startswith("Adding ") and target.endswith(f"So the answer is {r['answer'].decode()}.")
+    assert tmpl.extract_cot_answer(target) == r["answer"].decode()
+  assert tmpl.extract_cot_answer("no conclusion here") == ""
