@@ -3,7 +3,7 @@
     itjax train   --gin_file=F [--gin_file=G] [--gin.NAME=VALUE ...] [--model_dir=DIR]
     itjax eval    --gin_file=F ... [--model_dir=DIR]
     itjax infer   --gin_file=F ... --input TEXT [--input TEXT] [--input_file FILE]
-    itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT]
+    itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT] | quality NAME --against EVAL ...
     itjax convert --from_hf HF_DIR --output DIR | --to_hf OUT_DIR --checkpoint DIR [--model_type llama]
 
 A user mistake prints one line (`itjax: error: ...`) and exits with status 2.
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
   ts.add_argument("name")
   ts.add_argument("-n", type=int, default=3, help="examples to show")
   ts.add_argument("--split", default="validation")
+  tq = tsub.add_parser("quality", help="duplicates in a training mixture and its n-gram overlap with eval sets")
+  tq.add_argument("name", help="training task or mixture")
+  tq.add_argument("--against", nargs="+", required=True, help="eval tasks or mixtures (validation split)")
+  tq.add_argument("--max_examples", type=int, default=None, help="training examples scanned per task")
+  tq.add_argument("--output", default=None, help="also write the report as JSON here")
   c = sub.add_parser("convert", help="import a Hugging Face model / export an itjax checkpoint")
   c.add_argument("--from_hf", help="a local HF model directory (config.json + *.safetensors)")
   c.add_argument("--output", help="itjax model directory to write (with --from_hf)")
@@ -139,6 +144,8 @@ def run(argv: Sequence[str]) -> int:
     _load_tasks(args.tasks_module)
     if args.tasks_command == "list":
       print(inspect_tasks.list_text(args.pattern))
+    elif args.tasks_command == "quality":
+      print(inspect_tasks.quality_text(args.name, args.against, args.max_examples, args.output))
     else:
       print(inspect_tasks.show_text(args.name, args.n, args.split))
   elif args.command == "convert":

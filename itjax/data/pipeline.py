@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from itjax.data.quality import NgramIndex  # noqa: E402
+
 # Features the decoder-only trainer consumes (decoder_causal_attention is for prefix LMs).
 MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
                   "decoder_positions")
@@ -23,13 +25,27 @@ MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
 
 def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                   seed: int, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
-                  start_batch: int = 0, use_cached: bool = False) -> tf.data.Dataset:
-  """This host's infinite stream of [batch_size, length] batches, from batch `start_batch` on."""
+                  start_batch: int = 0, use_cached: bool = False,
+                  decontaminate: NgramIndex | None = None) -> tf.data.Dataset:
+  """This host's infinite stream of [batch_size, length] batches, from batch `start_batch` on.
+
+  With `decontaminate`, examples sharing an n-gram with the indexed eval data
+  are dropped before packing (`itjax.data.quality.scan` counts them).
+  """
   tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators that JAX owns
-  ds = seqio.get_dataset(
-      mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True, num_epochs=None,
-      seed=seed, use_cached=use_cached, shard_info=seqio.ShardInfo(shard_index, num_shards),
-      feature_converter=seqio.PrefixLMFeatureConverter(pack=pack))
+  lengths = dict(task_feature_lengths)
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  ds = provider.get_dataset(lengths, split="train", shuffle=True, num_epochs=None, seed=seed, use_cached=use_cached,
+                            shard_info=seqio.ShardInfo(shard_index, num_shards))
+  if decontaminate is not None:
+    vocab = provider.output_features["targets"].vocabulary
+
+    def clean(ex):
+      text = tf.strings.join([vocab.decode_tf(ex["inputs"]), "\n", vocab.decode_tf(ex["targets"])])
+      return tf.logical_not(decontaminate.tf_contaminated(text))
+
+    ds = ds.filter(clean)
+  ds = seqio.PrefixLMFeatureConverter(pack=pack)(ds, lengths)
   ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES if k in ex})
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
