@@ -56,7 +56,8 @@ def quality_text(name: str, against: list[str], max_examples: int | None = None,
     with open(output, "w") as f:
       json.dump(report, f, indent=1)
   t = report["totals"]
-  lines = [f"training {name} vs eval {', '.join(against)} ({report['ngram']}-grams, {report['eval_ngrams']:,} eval grams)",
+  lines = [f"training {name} vs eval {', '.join(against)} "
+           f"({report['ngram']}-grams, {report['eval_ngrams']:,} eval grams)",
            f"{'task':<40} {'examples':>9} {'exact dup':>9} {'norm dup':>9} {'contam.':>9}"]
   for task, c in report["tasks"].items():
     lines.append(f"{task:<40} {c['examples']:>9,} {c['exact_duplicates']:>9,} {c['normalized_duplicates']:>9,} "
