@@ -57,6 +57,10 @@ def test_eval_report_written_at_end(trained):
   assert "| held-out | nli | 1 |" in md and "## Per template" in md
   preds = [json.loads(line) for line in open(trained / "eval" / "heldout" / "predictions.jsonl")]
   assert len(preds) == 12 and set(preds[0]["outputs"]) == {"init", "step_6"}
+  for name in ("clusters_exact_match.png", "clusters_rank_accuracy.png", "side_by_side.html"):
+    assert (trained / "eval" / "heldout" / name).stat().st_size > 1000, name
+  page = (trained / "eval" / "heldout" / "side_by_side.html").read_text()
+  assert page.count("<tr>") == 12 + 2 and "<th>init</th>" in page
   nli = [p for p in preds if p["cluster"] == "nli"]
   assert all(p["outputs"]["init"]["option"] in ("yes", "no") and len(p["outputs"]["init"]["loglik"]) == 2
              for p in nli)

@@ -1,4 +1,4 @@
-"""Held-out evaluation reports: report.json, report.md and predictions.jsonl.
+"""Held-out evaluation reports: report.json, report.md, predictions.jsonl, PNG plots, side_by_side.html.
 
 Scores are grouped the way FLAN reports them: per template, per dataset (mean
 over templates, and the best template), and per cluster (mean over its
@@ -14,6 +14,8 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+
+from itjax.eval import figures
 
 # metric -> checkpoint -> per-row score in [0, 1], or None where the metric does not apply.
 RowScores = Mapping[str, Mapping[str, Sequence[float | None]]]
@@ -125,4 +127,8 @@ def write_report(out_dir: str, sets: Mapping[str, tuple[list[dict], Mapping[str,
       for i, r in enumerate(rows):
         rec = {k: v for k, v in r.items() if k != "input_ids"}
         f.write(json.dumps({"set": set_name, **rec, "outputs": {ck: o[i] for ck, o in outputs.items()}}) + "\n")
+  for m in metrics:
+    figures.cluster_bars(summary, m, checkpoints, os.path.join(out_dir, f"clusters_{m}.png"))
+    figures.over_steps(summary, m, checkpoints, os.path.join(out_dir, f"over_steps_{m}.png"))
+  figures.side_by_side_html(sets, title, os.path.join(out_dir, "side_by_side.html"))
   return summary, md
