@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
   tq.add_argument("--against", nargs="+", required=True, help="eval tasks or mixtures (validation split)")
   tq.add_argument("--max_examples", type=int, default=None, help="training examples scanned per task")
   tq.add_argument("--output", default=None, help="also write the report as JSON here")
+  tq.add_argument("--inputs_length", type=int, default=None, help="with --targets_length: count truncated examples")
+  tq.add_argument("--targets_length", type=int, default=None)
   c = sub.add_parser("convert", help="import a Hugging Face model / export an itjax checkpoint")
   c.add_argument("--from_hf", help="a local HF model directory (config.json + *.safetensors)")
   c.add_argument("--output", help="itjax model directory to write (with --from_hf)")
@@ -145,7 +147,9 @@ def run(argv: Sequence[str]) -> int:
     if args.tasks_command == "list":
       print(inspect_tasks.list_text(args.pattern))
     elif args.tasks_command == "quality":
-      print(inspect_tasks.quality_text(args.name, args.against, args.max_examples, args.output))
+      lengths = ({"inputs": args.inputs_length, "targets": args.targets_length}
+                 if args.inputs_length and args.targets_length else None)
+      print(inspect_tasks.quality_text(args.name, args.against, args.max_examples, args.output, lengths))
     else:
       print(inspect_tasks.show_text(args.name, args.n, args.split))
   elif args.command == "convert":

@@ -47,21 +47,21 @@ def show_text(name: str, n: int = 3, split: str = "validation") -> str:
   return "\n".join(lines)
 
 
-def quality_text(name: str, against: list[str], max_examples: int | None = None, output: str | None = None) -> str:
-  """Duplicate and contamination counts of a training mixture (see itjax.data.quality)."""
+def quality_text(name: str, against: list[str], max_examples: int | None = None, output: str | None = None,
+                 feature_lengths: dict | None = None) -> str:
+  """Duplicate, contamination and truncation counts of a training mixture (see itjax.data.quality)."""
   for n in [name, *against]:
     require_task(n)
-  report = quality.scan(name, against, max_per_task=max_examples)
+  report = quality.scan(name, against, max_per_task=max_examples, feature_lengths=feature_lengths)
   if output:
     with open(output, "w") as f:
       json.dump(report, f, indent=1)
   t = report["totals"]
   lines = [f"training {name} vs eval {', '.join(against)} "
            f"({report['ngram']}-grams, {report['eval_ngrams']:,} eval grams)",
-           f"{'task':<40} {'examples':>9} {'exact dup':>9} {'norm dup':>9} {'contam.':>9}"]
-  for task, c in report["tasks"].items():
+           f"{'task':<40} {'examples':>9} {'exact dup':>9} {'norm dup':>9} {'contam.':>9} {'truncated':>9}"]
+  for task, c in [*report["tasks"].items(), ("total", t)]:
+    trunc = "-" if c["truncated"] is None else f"{c['truncated']:,}"
     lines.append(f"{task:<40} {c['examples']:>9,} {c['exact_duplicates']:>9,} {c['normalized_duplicates']:>9,} "
-                 f"{c['contaminated']:>9,}")
-  lines.append(f"{'total':<40} {t['examples']:>9,} {t['exact_duplicates']:>9,} {t['normalized_duplicates']:>9,} "
-               f"{t['contaminated']:>9,}")
+                 f"{c['contaminated']:>9,} {trunc:>9}")
   return "\n".join(lines)

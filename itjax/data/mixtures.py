@@ -48,10 +48,15 @@ def eval_variant(infos: Sequence[TaskInfo]) -> list[TaskInfo]:
   return [t for t in infos if t.variant == want[t.dataset]]
 
 
-def register_heldout_mixtures(prefix: str, task_names: Sequence[str], rate_cap: int = DEFAULT_RATE_CAP) -> list[str]:
-  """Registers train/eval mixtures holding out each cluster; returns the names."""
+def register_heldout_mixtures(prefix: str, task_names: Sequence[str], rate_cap: int = DEFAULT_RATE_CAP,
+                              temperature: float = 1.0) -> list[str]:
+  """Registers train/eval mixtures holding out each cluster; returns the names.
+
+  Training rates are examples-proportional with each dataset capped at
+  `rate_cap` examples (FLAN); `temperature` > 1 flattens them (rate ∝ n^(1/T)).
+  """
   infos = [TASK_INFO[n] for n in task_names]
-  rate = functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap)
+  rate = functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap, temperature=temperature)
   names = []
   for cluster in sorted({t.cluster for t in infos}):
     train, evals = heldout_split(infos, cluster)

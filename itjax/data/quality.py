@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -95,25 +95,32 @@ def eval_index(eval_names: Sequence[str], split: str = "validation", n: int = N)
   return NgramIndex(inputs, n, long_only=targets)
 
 
-def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None = None,
-         n: int = N) -> dict:
-  """Counts per training task: examples, exact and normalized duplicates, contaminated examples."""
+def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None = None, n: int = N,
+         feature_lengths: Mapping[str, int] | None = None) -> dict:
+  """Counts per training task: examples, exact and normalized duplicates, contaminated examples,
+  and (given feature lengths) examples whose inputs or targets will be truncated."""
   index = eval_index(eval_names, n=n)
   per_task = {}
   for task in leaf_tasks(train_name):
     ds = task.get_dataset(None, split="train", shuffle=False, num_epochs=1)
     if max_per_task:
       ds = ds.take(max_per_task)
-    exact, normal, contaminated, total = Counter(), Counter(), 0, 0
+    exact, normal, contaminated, total, truncated = Counter(), Counter(), 0, 0, 0
     for ex in ds.as_numpy_iterator():
+      if feature_lengths:
+        # Untrimmed here; targets already end with EOS, as they do after trimming.
+        truncated += (len(ex["inputs"]) > feature_lengths["inputs"]
+                      or len(ex["targets"]) > feature_lengths["targets"])
       text = ex["inputs_pretokenized"].decode() + "\n" + ex["targets_pretokenized"].decode()
       exact[text] += 1
       normal[normalize(text)] += 1
       contaminated += index.contains(text)
       total += 1
     per_task[task.name] = {"examples": total, "exact_duplicates": total - len(exact),
-                           "normalized_duplicates": total - len(normal), "contaminated": contaminated}
-  totals = {k: sum(t[k] for t in per_task.values()) for k in ("examples", "exact_duplicates",
-                                                                "normalized_duplicates", "contaminated")}
+                           "normalized_duplicates": total - len(normal), "contaminated": contaminated,
+                           "truncated": truncated if feature_lengths else None}
+  keys = ("examples", "exact_duplicates", "normalized_duplicates", "contaminated")
+  totals = {k: sum(t[k] for t in per_task.values()) for k in keys}
+  totals["truncated"] = sum(t["truncated"] for t in per_task.values()) if feature_lengths else None
   return {"train": train_name, "eval": list(eval_names), "ngram": n, "eval_ngrams": len(index),
           "max_examples_per_task": max_per_task, "totals": totals, "tasks": per_task}
