@@ -1,10 +1,14 @@
 """FLAN's task clusters as TFDS-backed instruction tasks (import name: `itjax_tasks.flan`).
 
-Importing registers `flan_<dataset>_<variant>` tasks for 67 of FLAN's datasets
-in its 12 clusters (Wei et al., 2021, "Finetuned Language Models Are Zero-Shot
-Learners"), plus `flan_heldout_<cluster>` mixtures. Nothing is read until a
-task is used; the data must then be in the TFDS data directory (prepared, or
-downloadable; Newsroom, SAMSum and StoryCloze need manual downloads).
+Importing registers `flan_<dataset>_<variant>` tasks for all 62 datasets of
+FLAN's 12 clusters (Wei et al., 2021, "Finetuned Language Models Are Zero-Shot
+Learners"), as 67 itjax datasets (ANLI rounds, ARC levels and SQuAD v1.1/v2.0
+are separate datasets here, as in FLAN's code, which also lists SuperGLUE WSC
+under coreference), plus `flan_heldout_<cluster>` mixtures. Nothing is read
+until a task is used; the data must then be in the TFDS data directory
+(prepared, or downloadable; Newsroom, SAMSum and StoryCloze need manual
+downloads). Translation follows FLAN's code: ParaCrawl en-es, WMT'14 en-fr and
+six WMT'16 pairs.
 
 Clusters (primary first where a dataset is listed in several):
   nli             ANLI R1/R2/R3, CB, MNLI, QNLI, RTE, SNLI, WNLI
@@ -31,20 +35,21 @@ split "validation_mismatched" holds the other.
 
 Splits: "validation" is the labeled TFDS dev split, or the labeled test split
 where there is no dev split (IMDB, Sentiment140, Yelp, DPR, AG News, TREC,
-CoQA, Math, StoryCloze), or held-back training rows where TFDS has a train
-split only (ParaCrawl, Fix Punctuation, Opinion Abstracts); "test" is mapped
-only where TFDS has labeled test data besides. WSC273 has only a test split:
-its first 173 examples are "train", the last 100 "validation" (every task needs
-a "train" split for mixture rates; FLAN evaluated on all 273).
+CoQA, Math; StoryCloze, whose TFDS validation split is its training data), or
+held-back training rows where TFDS has a train split only (ParaCrawl, Fix
+Punctuation, Opinion Abstracts); "test" is mapped only where TFDS has labeled
+test data besides (or, for ParaCrawl and Fix Punctuation, more held-back
+rows). WSC273 has only a test split: its first 173 examples are "train", the
+last 100 "validation" (every task needs a "train" split for mixture rates;
+FLAN evaluated on all 273). TFDS versions are pinned to those of
+tensorflow-datasets 4.9.10.
 
-Skipped or changed:
-  - FLAN's "text_formatting" datasets True Case and Word Segment (in FLAN's
-    code but not among the paper's 62 datasets); Fix Punctuation is included
-    in misc as in the paper.
-  - FLAN's few-shot and rank-classification variants (itjax registers the
-    zero-shot variants with and without options).
-No FLAN dataset is missing from TFDS 4.9.10: CommonGen and WikiLingua come
-from the "gem" builder, since TFDS has no standalone builders for them.
+Skipped datasets: none. Every FLAN dataset is in TFDS 4.9.10 (CommonGen and
+WikiLingua through the "gem" builder, which has no standalone counterparts).
+Left out on purpose: FLAN's True Case and Word Segment (in its code's
+"text_formatting" cluster, not among the paper's 62 datasets), and its
+few-shot and rank-classification variants (itjax registers zero-shot variants
+with and without options).
 """
 
 from __future__ import annotations

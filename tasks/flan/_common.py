@@ -72,7 +72,7 @@ def has_index(index: tf.Tensor, size: int | tf.Tensor) -> tf.Tensor:
 
 def numbered(items: tf.Tensor) -> tf.Tensor:
   """'1. a\\n2. b' from a 1-D string tensor."""
-  numbers = tf.strings.as_string(tf.range(1, tf.size(items) + 1))
+  items, numbers = tf.strings.strip(items), tf.strings.as_string(tf.range(1, tf.size(items) + 1))
   return tf.strings.reduce_join(tf.strings.join([numbers, items], separator=". "), separator="\n")
 
 

@@ -67,7 +67,8 @@ WIC_TEMPLATES = [
     T("Here is a word: {word}\nFirst use: {sentence1}\nSecond use: {sentence2}\n\nDo the two uses share a meaning?"),
     T("Does \"{word}\" mean the same thing in \"{sentence1}\" and \"{sentence2}\"?"),
     T("{sentence1}\n{sentence2}\n\nCompare the meaning of \"{word}\" in these two sentences."),
-    T("Word: {word}\n1. {sentence1}\n2. {sentence2}\n\nSame sense or different senses?"),
+    T("Word: {word}\n1. {sentence1}\n2. {sentence2}\n\nDoes the word have the same meaning in both, or different "
+      "meanings?"),
     T("Determine whether the word \"{word}\" is used in the same sense in both sentences.\n\n{sentence1}\n{sentence2}"),
     T("Write two sentences in which the word \"{word}\" has {answer}.", "{sentence1}\n{sentence2}", reverse=True),
 ]

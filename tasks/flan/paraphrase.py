@@ -8,6 +8,8 @@ paraphrase dataset makes the held-out rule do exactly that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from itjax.data.templates import Template as T
@@ -63,7 +65,7 @@ def stsb(ex: Features) -> Features:
           "answer": tf.strings.as_string(score)}
 
 
-def _qqp_text(key: str):
+def _qqp_text(key: str) -> Callable[[Features], tf.Tensor]:
   return lambda ex: tf.strings.regex_replace(ex[key], '""', "'")
 
 

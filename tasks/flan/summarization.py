@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from itjax.data.templates import Template as T
 
-from ._common import TEST_AS_VAL, TRAIN_VAL_TEST, Features, numbered, register, register_labeled
+from ._common import TEST_AS_VAL, TRAIN_VAL_TEST, Convert, Features, numbered, register, register_labeled
 
 CLUSTER = "summarization"
 AG_NEWS = ("World", "Sports", "Business", "Science/Tech")
@@ -162,7 +162,7 @@ WIKI_LINGUA = [
 ]
 
 
-def _text_summary(text: str, summary: str):
+def _text_summary(text: str, summary: str) -> Convert:
   return lambda ex: {"text": ex[text], "answer": ex[summary]}
 
 

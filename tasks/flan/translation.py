@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from itjax.data.templates import Template as T
 
-from ._common import CARVED, TRAIN_VAL_TEST, Features, register
+from ._common import CARVED, TRAIN_VAL_TEST, Convert, Features, register
 
 CLUSTER = "translation"
 
@@ -39,7 +39,7 @@ PAIRS = {
 }
 
 
-def converter(code: str):
+def converter(code: str) -> Convert:
   language = LANGUAGES[code]
 
   def convert(ex: Features) -> Features:

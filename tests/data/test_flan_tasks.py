@@ -3,8 +3,9 @@
 TFDS mock data (`tfds.testing.mock_data`, code-only policy: no metadata files or downloads) generates random
 examples from each builder's feature spec. A few fields are then made realistic (`_realistic`): random values
 cannot satisfy constraints such as "the label is 1 or 2" (StoryCloze) or "the query has an @placeholder"
-(ReCoRD), and the preprocessors rightly drop rows that violate them. Mocked builders know no split sizes, so
-`LazyTfdsLoader.size` (only used to decide on in-memory caching) is patched to report none.
+(ReCoRD), and the preprocessors rightly drop rows that violate them. Every builder mocks offline this way; none
+needs a hand-made stand-in. Mocked builders know no split sizes, so `LazyTfdsLoader.size` (only used to decide
+on in-memory caching) is patched to report none.
 """
 
 import contextlib
@@ -28,7 +29,7 @@ LENGTHS = {"inputs": 512, "targets": 128}
 NUM_EXAMPLES = 2
 UNFILLED = re.compile(r"\{[A-Za-z_0-9]*\}")
 
-# The FLAN paper's clusters, written out independently of the task modules: dataset -> clusters, primary first.
+# FLAN's clusters, written out independently of the task modules; secondary clusters below.
 CLUSTERS = {
     "nli": "anli_r1 anli_r2 anli_r3 cb mnli qnli rte snli wnli",
     "commonsense": "copa hellaswag piqa story_cloze",
