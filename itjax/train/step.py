@@ -1,4 +1,16 @@
-"""Loss and the jitted train step (with gradient accumulation)."""
+"""Loss and the jitted train step (with gradient accumulation).
+
+The loss is a weighted sum over target tokens divided by a normalizing factor,
+chosen as in T5X (`loss_normalizing_factor`):
+
+- "num_real_target_tokens" (default): mean over the batch's real target tokens;
+- "num_total_target_tokens": sum over the batch / (batch x length), padding included;
+- "average_per_sequence": each (packed) sequence's mean, averaged over sequences;
+- a number: sum over the batch / that constant.
+
+Every factor is a sum over the batch, so gradient accumulation over
+microbatches gives exactly the full-batch update.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +21,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from itjax.errors import UserError
 from itjax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
+LOSS_NORMALIZATIONS = ("num_real_target_tokens", "num_total_target_tokens", "average_per_sequence")
+LossNormalization = str | float
+
+
+def check_loss_normalizing_factor(factor: LossNormalization) -> LossNormalization:
+  """Validates (and lower-cases) a `loss_normalizing_factor` setting."""
+  if isinstance(factor, str) and factor.lower() in LOSS_NORMALIZATIONS:
+    return factor.lower()
+  if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0:
+    return float(factor)
+  raise UserError(f"loss_normalizing_factor={factor!r}: expected a positive number or one of "
+                  f"{', '.join(LOSS_NORMALIZATIONS)}")
 
 
 def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -24,8 +49,22 @@ def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
   return tokens, segments, positions
 
 
-def cross_entropy_sums(logits, targets, weights, z_loss: float = 0.0, label_smoothing: float = 0.0):
-  """Weighted sums (loss, z_loss, weight, correct) so microbatches add up exactly."""
+def per_sequence_weights(weights: jax.Array, segments: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(weights / the token count of their (row, segment), number of sequences with a weighted token)."""
+  rows, length = weights.shape
+  w = weights.astype(jnp.float32)
+  ids = (jnp.arange(rows)[:, None] * (length + 1) + jnp.clip(segments, 0, length)).reshape(-1)
+  counts = jax.ops.segment_sum(w.reshape(-1), ids, num_segments=rows * (length + 1))
+  per_token = counts[ids].reshape(rows, length)
+  return w / jnp.maximum(per_token, 1.0), jnp.sum(counts > 0).astype(jnp.float32)
+
+
+def cross_entropy_sums(logits, targets, weights, z_loss: float = 0.0, label_smoothing: float = 0.0,
+                       loss_weights=None):
+  """Weighted sums (loss, z_loss, weight, correct) so microbatches add up exactly.
+
+  `loss_weights` (default `weights`) weight the loss and z_loss; `weights` the token counts and accuracy.
+  """
   log_z = jax.nn.logsumexp(logits, axis=-1)
   if label_smoothing:
     soft = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
@@ -34,26 +73,55 @@ def cross_entropy_sums(logits, targets, weights, z_loss: float = 0.0, label_smoo
     nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   zl = z_loss * jnp.square(log_z)
   w = weights.astype(jnp.float32)
+  lw = w if loss_weights is None else loss_weights.astype(jnp.float32)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return {"loss": jnp.sum((nll + zl) * w), "z_loss": jnp.sum(zl * w), "weight": jnp.sum(w),
+  return {"loss": jnp.sum((nll + zl) * lw), "z_loss": jnp.sum(zl * lw), "weight": jnp.sum(w),
           "correct": jnp.sum(correct * w)}
 
 
-def loss_sums(model: nn.Module, params, batch: Batch, z_loss: float = 0.0, label_smoothing: float = 0.0):
+def loss_sums(model: nn.Module, params, batch: Batch, z_loss: float = 0.0, label_smoothing: float = 0.0,
+              loss_normalizing_factor: LossNormalization = "num_real_target_tokens"):
   tokens, segments, positions = model_inputs(batch)
   logits = model.apply({"params": params}, tokens, segments, positions)
-  return cross_entropy_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss,
-                            label_smoothing)
+  weights = batch["decoder_loss_weights"]
+  loss_weights, sequences = None, jnp.zeros((), jnp.float32)
+  if loss_normalizing_factor == "average_per_sequence":
+    loss_weights, sequences = per_sequence_weights(weights, segments)
+  sums = cross_entropy_sums(logits, batch["decoder_target_tokens"], weights, z_loss, label_smoothing, loss_weights)
+  return {**sums, "sequences": sequences}
+
+
+def normalizer(sums: Mapping[str, jax.Array], factor: LossNormalization, batch_shape: tuple[int, ...]) -> jax.Array:
+  """What the summed loss is divided by, for a batch of `batch_shape` (rows, length)."""
+  if factor == "num_real_target_tokens":
+    return jnp.maximum(sums["weight"], 1.0)
+  if factor == "num_total_target_tokens":
+    return jnp.asarray(float(batch_shape[0] * batch_shape[1]), jnp.float32)
+  if factor == "average_per_sequence":
+    return jnp.maximum(sums["sequences"], 1.0)
+  return jnp.asarray(float(factor), jnp.float32)
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, num_microbatches: int = 1, z_loss: float = 0.0,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
-  """One optimizer update; the loss is normalized per target token over the whole batch."""
+               label_smoothing: float = 0.0,
+               loss_normalizing_factor: LossNormalization = "num_real_target_tokens") -> tuple[TrainState, dict]:
+  """One optimizer update on the loss normalized by `loss_normalizing_factor` over the whole batch.
+
+  Metrics include `finite`: whether the loss, gradients and the updated state are all finite.
+  """
+  factor = check_loss_normalizing_factor(loss_normalizing_factor)
 
   def grad_sums(params, mb):
     def f(p):
-      sums = loss_sums(model, p, mb, z_loss, label_smoothing)
+      sums = loss_sums(model, p, mb, z_loss, label_smoothing, factor)
       return sums["loss"], sums
     return jax.grad(f, has_aux=True)(params)
 
@@ -71,11 +139,13 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: 
                                                                    jax.tree_util.tree_map(lambda x: x[0], micro)))
     (grads, sums), _ = jax.lax.scan(body, zeros, micro)
 
-  denom = jnp.maximum(sums["weight"], 1.0)
+  denom = normalizer(sums, factor, batch["decoder_target_tokens"].shape)
   grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom, "accuracy": sums["correct"] / denom,
-             "target_tokens": sums["weight"], "grad_norm": optax.global_norm(grads),
-             "learning_rate": schedule(state.step)}
+  grad_norm = optax.global_norm(grads)
+  tokens = jnp.maximum(sums["weight"], 1.0)
+  metrics = {"loss": sums["loss"] / denom, "z_loss": sums["z_loss"] / denom, "accuracy": sums["correct"] / tokens,
+             "target_tokens": sums["weight"], "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+             "finite": jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

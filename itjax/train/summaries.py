@@ -14,6 +14,36 @@ import jax
 from tqdm import tqdm
 
 
+def _drop_partial_line(path: str) -> None:
+  """A run killed mid-write can leave half a line; the next run's records must start on a new one."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    tail_start = max(0, size - (1 << 16))  # records are far shorter than this
+    f.seek(tail_start)
+    tail = f.read()
+    if tail and not tail.endswith(b"\n"):
+      f.truncate(tail_start + tail.rfind(b"\n") + 1 if b"\n" in tail else tail_start)
+
+
+def latest_per_step(records: list[dict]) -> dict[int, dict]:
+  """Records of metrics.jsonl merged per step (train and eval scalars are separate records).
+
+  After a resume, the steps after the last checkpoint appear twice: the later value wins.
+  """
+  out: dict[int, dict] = {}
+  for r in records:
+    out.setdefault(r["step"], {}).update(r)
+  return out
+
+
+def read_metrics(model_dir: str) -> dict[int, dict]:
+  """MODEL_DIR/metrics.jsonl as {step: merged record}."""
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    return latest_per_step([json.loads(line) for line in f if line.strip()])
+
+
 class MetricsWriter:
   """Writes MODEL_DIR/train/ (TensorBoard) and MODEL_DIR/metrics.jsonl."""
 
@@ -25,7 +55,9 @@ class MetricsWriter:
     from tensorboardX import SummaryWriter  # local: heavy import, process 0 only
 
     self.tb = SummaryWriter(os.path.join(model_dir, "train"))
-    self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
+    path = os.path.join(model_dir, "metrics.jsonl")
+    _drop_partial_line(path)
+    self.jsonl = open(path, "a")
     self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stdout,
                     dynamic_ncols=True, mininterval=1.0)
 
@@ -39,12 +71,21 @@ class MetricsWriter:
     self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics.get('tokens_per_s', 0):.0f}",
                          refresh=False)
 
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    """A record of other scalars (e.g. eval scores) for `step`, beside its train metrics."""
+    if not self.enabled:
+      return
+    for k, v in scalars.items():
+      self.tb.add_scalar(k, v, step)
+    self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    self.jsonl.flush()
+
   def advance(self, steps: int) -> None:
     if self.enabled:
       self.bar.update(steps)
 
   def close(self) -> None:
-    if self.enabled:
+    if self.enabled and not self.jsonl.closed:
       self.bar.close()
       self.tb.close()
       self.jsonl.close()

@@ -1,20 +1,28 @@
-"""The training loop: sharded state, jitted step, checkpoints, summaries, final eval.
+"""The training loop: sharded state, jitted step, checkpoints, summaries, evals.
 
 `train` is the gin entry point of `itjax train`. It resumes from the latest
 complete checkpoint in MODEL_DIR if there is one (model, optimizer, step and
-data position), else starts from INITIAL_CHECKPOINT_PATH's params or from
-scratch. SIGTERM (a preemption notice) saves a checkpoint and returns.
+data position; onto whatever mesh this run has), else starts at step 0 from
+INITIAL_CHECKPOINT_PATH's params or from scratch.
+
+Robustness: a run killed at any point and restarted continues with exactly the
+losses of an uninterrupted one (the data stream is a function of the seed,
+`data_shards` and the number of batches consumed). SIGTERM (a preemption
+notice; on several hosts JAX's preemption service agrees on the step) saves
+the current step and returns normally. A non-finite loss, gradient or state
+stops the run with `NonFiniteError` naming the step, before any checkpoint of
+that state is written.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
-import math
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import flax.linen as nn
 import gin
@@ -26,35 +34,54 @@ from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.registry import require_task
 from itjax.errors import UserError
 from itjax.eval.evaluator import run_eval
+from itjax.eval.report import METRIC_TITLES
 from itjax.models.config_io import save_model_config
 from itjax.models.decoder import Decoder, DecoderConfig
-from itjax.train import partitioning
+from itjax.train import partitioning, perf
 from itjax.train.checkpoints import Checkpointer, restore_params
+from itjax.train.distributed import initialize_distributed
 from itjax.train.model_info import write_model_info
 from itjax.train.optim import make_optimizer
 from itjax.train.state import TrainState, abstract_state, create_train_state, init_params
-from itjax.train.step import train_step
+from itjax.train.step import check_loss_normalizing_factor, train_step
 from itjax.train.summaries import MetricsWriter
 
 log = logging.getLogger("itjax")
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+class NonFiniteError(FloatingPointError, UserError):
+  """The loss, gradients or updated state became NaN/inf; nothing from that step on was checkpointed."""
 
-  def __init__(self):
+
+class _Preemption:
+  """SIGTERM -> stop at an agreed step: a flag with one process, JAX's preemption service with several."""
+
+  def __init__(self, multiprocess: bool):
+    self.multiprocess = multiprocess
     self.requested = False
     self._old = None
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._old = None
+    if not self.multiprocess:  # JAX's own SIGTERM notifier must keep the signal with several processes
+      try:
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        self._old = None
     return self
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    """Called once per step, at the same steps on every process."""
+    if self.multiprocess and not self.requested:
+      from jax.experimental import multihost_utils
+
+      try:
+        self.requested = multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+        pass
+    return self.requested
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -64,6 +91,67 @@ class _Preemption:
 def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   """Assembles the global batch from each host's piece (its rows of the batch axis)."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
+                 seed: int, data_shards: int, pack: bool, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
+
+  The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
+  the number of processes, so runs with equal `data_shards` see the same batches on 1 or N hosts.
+  """
+  per_host = data_shards // jax.process_count()
+  streams = [numpy_batches(train_dataset(
+      mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
+      shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=pack, start_batch=start_batch))
+      for j in range(per_host)]
+  while True:
+    parts = [next(s) for s in streams]
+    yield parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _resolve_data_shards(requested: int | None, saved: int | None, batch_size: int) -> int:
+  """The data shard count: as set, else the checkpoint's (so resuming on more hosts keeps the stream)."""
+  n = jax.process_count()
+  if requested is not None:
+    shards = requested
+    if saved and saved != requested:
+      log.warning("train.data_shards=%d but the checkpoint read %d shards: the data order changes", requested, saved)
+  elif saved and saved % n == 0 and batch_size % saved == 0:
+    shards = saved
+  else:
+    shards = n
+    if saved and saved != n:
+      log.warning("checkpoint read %d data shards; %d processes cannot: reading %d (the data order changes)",
+                  saved, n, n)
+  if shards < 1 or shards % n or batch_size % shards:
+    raise UserError(f"train.data_shards={shards} must be a multiple of the process count ({n}) and divide "
+                    f"train.batch_size={batch_size}")
+  return shards
+
+
+def _broadcast_json(obj):
+  """Process 0's JSON-able value on every process."""
+  if jax.process_count() == 1:
+    return obj
+  from jax.experimental import multihost_utils
+
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+  buf = np.zeros(n, np.uint8)
+  buf[:data.size] = data
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
+
+
+def _check_best_metric(name: str | None, eval_mixtures: Mapping[str, str] | None, eval_period: int | None) -> None:
+  if not name:
+    return
+  set_name, _, metric = name.partition("/")
+  if not eval_period or not eval_mixtures:
+    raise UserError(f"train.best_checkpoint_metric={name!r} needs train.eval_period and EVAL_MIXTURES")
+  if set_name not in eval_mixtures or metric not in METRIC_TITLES:
+    raise UserError(f"train.best_checkpoint_metric={name!r}: expected SET/METRIC with SET one of "
+                    f"{sorted(eval_mixtures)} and METRIC one of {sorted(METRIC_TITLES)}")
 
 
 def write_operative_config(model_dir: str) -> None:
@@ -78,15 +166,39 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           batch_size: int = gin.REQUIRED, model_config: DecoderConfig = gin.REQUIRED, seed: int = 0,
           pack: bool = True, log_every: int = 10, checkpoint_period: int = 100, keep_checkpoints: int | None = 3,
           num_microbatches: int = 1, z_loss: float = 0.0, label_smoothing: float = 0.0,
+          loss_normalizing_factor: str | float = "num_real_target_tokens", data_shards: int | None = None,
           initial_checkpoint_path: str | None = None, eval_mixtures: Mapping[str, str] | None = None,
-          evaluate_at_end: bool = True) -> dict:
-  """Trains until `train_steps` (total, counting resumed steps); returns the last metrics."""
+          eval_period: int | None = None, best_checkpoint_metric: str | None = None,
+          best_checkpoint_mode: str = "max", keep_best_checkpoints: int = 1,
+          peak_flops_per_device: float | None = None, evaluate_at_end: bool = True) -> dict:
+  """Trains until `train_steps` (total, counting resumed steps); returns the last metrics.
+
+  eval_period: evaluate the current params on `eval_mixtures` every this many steps (and at the end),
+    into MODEL_DIR/eval/step_<n>/, logging `eval/SET/METRIC` scalars.
+  best_checkpoint_metric: "SET/METRIC" (e.g. "held-out/exact_match"): also keep the
+    `keep_best_checkpoints` best evaluated checkpoints by it ("max" or "min" `best_checkpoint_mode`).
+  data_shards: how many pieces each global batch is read in (default: the process count, or the resumed
+    checkpoint's); each process reads data_shards / process_count of them.
+  peak_flops_per_device: for the `mfu` metric; default: known TPU/GPU peaks, no MFU on CPU.
+  """
+  args = dict(locals())
+  with _Preemption(multiprocess=initialize_distributed()) as preempt:
+    return _train(**args, preempt=preempt)
+
+
+def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config, seed,
+           pack, log_every, checkpoint_period, keep_checkpoints, num_microbatches, z_loss, label_smoothing,
+           loss_normalizing_factor, data_shards, initial_checkpoint_path, eval_mixtures, eval_period,
+           best_checkpoint_metric, best_checkpoint_mode, keep_best_checkpoints, peak_flops_per_device,
+           evaluate_at_end, preempt: _Preemption) -> dict:
   require_task(mixture_or_task_name)
   for name in (eval_mixtures or {}).values():
     require_task(name)
   if batch_size % jax.process_count() or batch_size % max(num_microbatches, 1):
     raise UserError(f"train.batch_size={batch_size} must divide by the process count ({jax.process_count()}) "
                     f"and train.num_microbatches ({num_microbatches})")
+  loss_normalizing_factor = check_loss_normalizing_factor(loss_normalizing_factor)
+  _check_best_metric(best_checkpoint_metric, eval_mixtures, eval_period)
   model_dir = os.path.abspath(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   if jax.process_index() == 0:
@@ -99,66 +211,82 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   length = sum(task_feature_lengths.values())
   example = jnp.zeros((1, length), jnp.int32)
   state, shardings = create_train_state(model, optimizer, mesh, rules, jax.random.key(seed), example)
-  ckpt = Checkpointer(model_dir, period=checkpoint_period, keep=keep_checkpoints)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, meta = ckpt.restore(start, abstract_state(model, optimizer, example, shardings))
-    log.info("resumed from step %d (data position %d batches)", start, meta["data"]["batches"])
-    start_batch = meta["data"]["batches"]
-  else:
-    start, start_batch = 0, 0
-    if initial_checkpoint_path:
-      params = restore_params(initial_checkpoint_path, jax.tree_util.tree_map(
-          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.params, shardings.params))
-      state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
-  if jax.process_index() == 0:
-    write_model_info(os.path.join(model_dir, "model-info.txt"), state, shardings, model, optimizer, example)
+  ckpt = Checkpointer(model_dir, period=checkpoint_period, keep=keep_checkpoints,
+                      best_metric=best_checkpoint_metric, best_mode=best_checkpoint_mode,
+                      keep_best=keep_best_checkpoints)
+  loop = None
+  try:
+    start = ckpt.latest_step()
+    saved_shards = None
+    if start is not None:
+      state, meta = ckpt.restore(start, abstract_state(model, optimizer, example, shardings))
+      start_batch, saved_shards = meta["data"]["batches"], meta["data"].get("shards")
+      log.info("resumed from step %d (data position %d batches)", start, start_batch)
+    else:
+      start, start_batch = 0, 0
+      if initial_checkpoint_path:
+        params = restore_params(initial_checkpoint_path, jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.params, shardings.params))
+        state = state.replace(params=params,
+                              opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
+        log.info("fine-tuning from %s", initial_checkpoint_path)
+    data_shards = _resolve_data_shards(data_shards, saved_shards, batch_size)
+    if jax.process_index() == 0:
+      write_model_info(os.path.join(model_dir, "model-info.txt"), state, shardings, model, optimizer, example)
 
-  batch_sharding = partitioning.batch_sharding(mesh, rules)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
-                        num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
-  ds = train_dataset(mixture_or_task_name, task_feature_lengths, batch_size // jax.process_count(), seed=seed,
-                     shard_index=jax.process_index(), num_shards=jax.process_count(), pack=pack,
-                     start_batch=start_batch)
-  batches = numpy_batches(ds)
-  writer = MetricsWriter(model_dir, train_steps, start)
-  metrics: dict = {}
-  step = start
-  pending, window_t0, window_tokens = [], time.time(), 0.0
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
+                          num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing,
+                          loss_normalizing_factor=loss_normalizing_factor),
+        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
+    batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
+                           data_shards=data_shards, pack=pack, start_batch=start_batch)
+    loop = _Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, train_steps, start),
+                 start=start, start_batch=start_batch, seed=seed, data_shards=data_shards,
+                 num_params=perf.count_params(state.params),
+                 peak_flops=peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
+    evaluate = None
+    if eval_period and eval_mixtures:
+      def evaluate(step: int, params) -> dict[str, float]:
+        name = f"step_{step}"
+        summary, _ = run_eval(model, {name: params}, eval_mixtures, task_feature_lengths,
+                              os.path.join(model_dir, "eval", name), mesh=mesh, rules=rules,
+                              title=f"{mixture_or_task_name}: zero-shot evaluation at step {step}")
+        return _broadcast_json({f"{s}/{m}": v[name] for s, res in summary.items()
+                                for m, v in res["overall"].items() if v.get(name) is not None})
 
-  def checkpoint(step: int, state: TrainState, force: bool = False) -> None:
-    ckpt.save(step, state, {"data": {"batches": start_batch + step - start}, "seed": seed}, force=force)
-
-  with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    while step < train_steps:
-      local = next(batches)
-      window_tokens += float(np.sum(local["decoder_target_tokens"] > 0)) * jax.process_count()
-      state, m = step_fn(state, _global_batch(local, batch_sharding))
-      step += 1
-      pending.append(m)
-      if step == start + 1:
-        write_operative_config(model_dir)
-      if step % log_every == 0 or step == train_steps:
-        fetched = jax.device_get(pending)
-        metrics = {k: float(np.mean([p[k] for p in fetched])) for k in fetched[-1]}
-        if not all(math.isfinite(p["loss"]) for p in fetched):
-          ckpt.wait()
-          raise FloatingPointError(f"non-finite loss at step {step - len(fetched) + 1}..{step}; last good "
-                                   f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
-        elapsed = time.time() - window_t0
-        metrics.update(tokens_per_s=window_tokens / elapsed, step_time_s=elapsed / len(fetched))
-        writer.write(step, metrics)
-        writer.advance(len(fetched))
-        pending, window_t0, window_tokens = [], time.time(), 0.0
-      checkpoint(step, state)
-      if preempt.requested:
+    step = start
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      while step < train_steps and not preempt.should_stop(step):
+        local = next(batches)
+        tokens = float(np.sum(local["decoder_target_tokens"] > 0)) * jax.process_count()
+        state, m = step_fn(state, _global_batch(local, batch_sharding))
+        step += 1
+        loop.stepped(step, m, tokens)
+        if step == start + 1:
+          write_operative_config(model_dir)
+        if step % log_every == 0 or step == train_steps:
+          loop.log()
+        eval_metrics = None
+        if evaluate is not None and (step % eval_period == 0 or step == train_steps):
+          loop.verify()
+          t0 = time.time()
+          eval_metrics = evaluate(step, state.params)
+          loop.write_eval(step, eval_metrics, time.time() - t0)
+        loop.checkpoint(step, state, force=eval_metrics is not None and bool(best_checkpoint_metric),
+                        metrics=eval_metrics)
+      if step < train_steps:
         log.warning("SIGTERM: saving step %d and stopping", step)
-        break
-    checkpoint(step, state, force=step != ckpt.latest_step())
+      loop.log()
+      loop.checkpoint(step, state, force=True)
     ckpt.wait()
-    writer.close()
+    if best_checkpoint_metric:
+      log.info("best checkpoint by %s: step %s", best_checkpoint_metric, ckpt.best_step())
+  finally:
+    if loop is not None:
+      loop.writer.close()
+    ckpt.close()
 
   write_operative_config(model_dir)
   if evaluate_at_end and eval_mixtures and not preempt.requested and step >= train_steps:
@@ -167,5 +295,82 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     run_eval(model, {"init": init, f"step_{step}": state.params}, eval_mixtures,
              task_feature_lengths, os.path.join(model_dir, "eval", "heldout"), mesh=mesh, rules=rules,
              title=f"{mixture_or_task_name}: zero-shot evaluation")
-  ckpt.close()
-  return {"step": step, **metrics}
+  return {"step": step, **loop.metrics}
+
+
+class _Loop:
+  """The loop's bookkeeping: metric windows, timing, the finiteness guard and checkpoint metadata."""
+
+  def __init__(self, *, model_dir: str, ckpt: Checkpointer, writer: MetricsWriter, start: int, start_batch: int,
+               seed: int, data_shards: int, num_params: int, peak_flops: float | None):
+    self.model_dir, self.ckpt, self.writer = model_dir, ckpt, writer
+    self.start, self.start_batch, self.seed, self.data_shards = start, start_batch, seed, data_shards
+    self.num_params, self.peak_flops = num_params, peak_flops
+    self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet logged
+    self.verified = start  # every step <= this one had finite loss and state
+    self.metrics: dict = {}
+    self.t_start = time.time()
+    self.window_t0, self.window_steps, self.window_tokens = self.t_start, 0, 0.0
+    self.first_step_s: float | None = None
+
+  def stepped(self, step: int, m: dict, tokens: float) -> None:
+    self.pending.append((step, m))
+    if step == self.start + 1:  # time compilation apart from steady-state steps
+      jax.block_until_ready(m["loss"])
+      self.first_step_s = time.time() - self.t_start
+      self.window_t0 = time.time()
+    else:
+      self.window_steps += 1
+      self.window_tokens += tokens
+
+  def verify(self, fetched: list[tuple[int, dict]] | None = None) -> None:
+    """Raises NonFiniteError for the first unverified step whose loss or state is not finite."""
+    todo = [(s, m) for s, m in self.pending if s > self.verified]
+    if fetched is None:
+      fetched = jax.device_get([(s, {"finite": m["finite"], "loss": m["loss"]}) for s, m in todo])
+    for s, m in fetched:
+      if s <= self.verified:
+        continue
+      if not bool(m["finite"]):
+        self.ckpt.wait()
+        what = "loss" if not np.isfinite(m["loss"]) else "gradients or parameters"
+        raise NonFiniteError(f"non-finite {what} at step {s} (loss {float(m['loss'])}); stopped. Last good "
+                             f"checkpoint: step {self.ckpt.latest_step()} in {self.ckpt.directory}")
+      self.verified = s
+
+  def log(self) -> None:
+    """Fetches the pending steps' metrics, checks them, writes their mean (and timing) as one record."""
+    if not self.pending:
+      return
+    fetched = jax.device_get(self.pending)
+    step = fetched[-1][0]
+    keys = [k for k in fetched[-1][1] if k != "finite"]
+    metrics = {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
+    if self.window_steps:
+      elapsed = time.time() - self.window_t0
+      metrics.update(step_time_s=elapsed / self.window_steps, tokens_per_s=self.window_tokens / elapsed)
+      mfu = perf.mfu(self.num_params, metrics["tokens_per_s"], self.peak_flops, jax.device_count())
+      if mfu is not None:
+        metrics["mfu"] = mfu
+    if self.first_step_s is not None:
+      metrics["first_step_s"] = self.first_step_s  # compilation included
+      self.first_step_s = None
+    self.pending = []
+    self.window_t0, self.window_steps, self.window_tokens = time.time(), 0, 0.0
+    self.writer.write(step, metrics)
+    self.writer.advance(len(fetched))
+    self.metrics = metrics
+    self.verify(fetched)
+
+  def write_eval(self, step: int, metrics: dict[str, float], seconds: float) -> None:
+    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()} | {"eval/seconds": seconds})
+    self.window_t0 += seconds  # eval time is not step time
+
+  def checkpoint(self, step: int, state: TrainState, force: bool = False,
+                 metrics: dict[str, float] | None = None) -> None:
+    if not force and step % self.ckpt.period:
+      return
+    self.verify()
+    self.ckpt.save(step, state, {"data": {"batches": self.start_batch + step - self.start,
+                                          "shards": self.data_shards}, "seed": self.seed},
+                   force=force, metrics=metrics)

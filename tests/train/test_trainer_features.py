@@ -1,0 +1,55 @@
+"""Trainer features on tiny runs: fine-tuning from INITIAL_CHECKPOINT_PATH, periodic eval with the best
+checkpoint kept, and step time / tokens/s / MFU in the metrics."""
+
+import json
+import os
+
+import jax
+import numpy as np
+from train_runs import TINY, assert_trees_equal, checkpoint_state, train
+
+from itjax import config
+from itjax.train import trainer
+from itjax.train.checkpoints import complete_steps
+from itjax.train.summaries import read_metrics
+
+
+def test_initial_checkpoint_starts_at_step_0_with_its_params(reference, tmp_path):
+  d = tmp_path / "finetune"
+  assert train(d, "--gin.TRAIN_STEPS=0", f"--gin.INITIAL_CHECKPOINT_PATH='{reference}'") == 0
+  assert complete_steps(d / "checkpoints") == [0]
+  state, ref = checkpoint_state(d), checkpoint_state(reference)
+  assert int(state["step"]) == 0
+  assert_trees_equal(state["params"], ref["params"])
+  # A fresh optimizer: Adam's moments start at zero.
+  moments = [x for x in jax.tree_util.tree_leaves(state["opt_state"]) if np.asarray(x).ndim >= 1]
+  assert moments and all(not np.asarray(x).any() for x in moments)
+
+
+def test_periodic_eval_keeps_the_best_checkpoint(tmp_path):
+  """Called through gin directly, to leave out the end-of-training eval (not a gin parameter)."""
+  d = tmp_path / "run"
+  config.parse([TINY], [f"MODEL_DIR='{d}'", "TRAIN_STEPS=4", "CHECKPOINT_PERIOD=1",
+                        "EVAL_MIXTURES={'held-out': 'proc_color_nli_zs_opt'}", "train.eval_period=2",
+                        "train.best_checkpoint_metric='held-out/rank_accuracy'", "train.keep_checkpoints=1"])
+  assert trainer.train(evaluate_at_end=False)["step"] == 4
+  assert not (d / "eval" / "heldout").exists()
+  for step in (2, 4):
+    report = json.loads((d / "eval" / f"step_{step}" / "report.json").read_text())
+    assert report["checkpoints"] == [f"step_{step}"]
+  records = read_metrics(d)
+  scores = {s: records[s]["eval/held-out/rank_accuracy"] for s in (2, 4)}
+  assert "eval/held-out/rank_accuracy" not in records[1] and "loss" in records[2]
+  best = max(scores, key=lambda s: (scores[s], s))  # ties: the later step
+  assert complete_steps(d / "checkpoints") == sorted({best, 4})
+  assert os.path.isdir(d / "checkpoints" / "4" / "metrics")
+
+
+def test_metrics_report_step_time_tokens_and_mfu(reference):
+  records = read_metrics(reference)
+  assert "first_step_s" in records[1] and "mfu" not in records[1]
+  n_params = int((reference / "model-info.txt").read_text().split("total parameters: ")[1].split()[0]
+                 .replace(",", ""))
+  for r in list(records.values())[1:]:
+    assert r["step_time_s"] > 0 and r["tokens_per_s"] > 0
+    np.testing.assert_allclose(r["mfu"], 6 * n_params * r["tokens_per_s"] / (1e12 * 8), rtol=1e-6)

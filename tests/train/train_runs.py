@@ -1,0 +1,84 @@
+"""Helpers for tests that drive tiny `itjax train` runs, in-process or as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from itjax.cli import main
+from itjax.train.checkpoints import complete_steps
+from itjax.train.summaries import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(REPO, "tests", "tiny.gin")
+# The reference setting of these tests: no eval, every checkpoint kept, MFU against a made-up peak.
+REF_STEPS = 16  # the shared reference run (conftest.py)
+BASE = ["--gin.EVAL_MIXTURES=None", "--gin.train.keep_checkpoints=None"]
+
+
+def train_args(model_dir, *extra: str) -> list[str]:
+  return ["train", f"--gin_file={TINY}", f"--model_dir={model_dir}", *BASE, *extra]
+
+
+def train(model_dir, *extra: str) -> int:
+  """In-process `itjax train`; returns its exit status."""
+  return main(train_args(model_dir, *extra))
+
+
+def spawn(model_dir, *extra: str, devices: int = 8, env: dict | None = None, log_name: str = "log.txt"):
+  """`python -m itjax.cli train ...` as a subprocess (output in MODEL_DIR/../<log_name>)."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
+  os.makedirs(model_dir, exist_ok=True)
+  out = open(os.path.join(os.path.dirname(os.path.abspath(model_dir)), log_name), "wb")
+  return subprocess.Popen([sys.executable, "-m", "itjax.cli", *train_args(model_dir, *extra)], cwd=REPO, env=env,
+                          stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for_step(model_dir, proc, step: int, timeout: float = 300) -> int:
+  """Polls metrics.jsonl until a record of `step` or later appears; returns the step seen."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early with {proc.returncode}")
+    if os.path.exists(path):
+      with open(path) as f:
+        steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+      if steps and max(steps) >= step:
+        return max(steps)
+    time.sleep(0.01)
+  raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def losses(model_dir) -> dict[int, float]:
+  """The latest loss logged for each step (a resumed run repeats the steps after its checkpoint)."""
+  return {s: r["loss"] for s, r in sorted(read_metrics(model_dir).items()) if "loss" in r}
+
+
+def checkpoint_state(model_dir, step: int | None = None) -> dict:
+  """A checkpoint's state as numpy arrays (the latest complete one by default)."""
+  d = os.path.join(model_dir, "checkpoints")
+  step = complete_steps(d)[-1] if step is None else step
+  path = os.path.join(d, str(step), "state")
+  ckptr = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                    ckptr.metadata(path).item_metadata.tree)
+  return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+
+
+def assert_trees_equal(a, b, atol: float = 0.0) -> None:
+  flat_a, tree_a = jax.tree_util.tree_flatten(a)
+  flat_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(flat_a, flat_b, strict=True):
+    if atol:
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=atol)
+    else:
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
