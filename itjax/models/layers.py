@@ -45,7 +45,11 @@ _ACTIVATIONS = {
 
 
 class MlpBlock(nn.Module):
-  """Feed-forward block; gated (SwiGLU / GeGLU: act(x W0) * (x W1)) or plain."""
+  """Feed-forward block; gated (SwiGLU / GeGLU: act(x W0) * (x W1)) or plain.
+
+  `dropout_rate` drops the hidden activations before the output projection (after the gating
+  product), where HF T5 applies it; off by default and whenever `deterministic`.
+  """
 
   emb_dim: int
   mlp_dim: int
@@ -53,9 +57,10 @@ class MlpBlock(nn.Module):
   gated: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     def kernel(name, shape, axes, fan_in):
       return self.param(name, nn.with_logical_partitioning(dense_init(fan_in), axes), shape,
                         self.param_dtype).astype(self.dtype)
@@ -67,5 +72,6 @@ class MlpBlock(nn.Module):
       wi_1 = kernel("wi_1", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
       h = h * (x @ wi_1)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     wo = kernel("wo", (self.mlp_dim, self.emb_dim), ("mlp", "embed"), self.mlp_dim)
     return h @ wo

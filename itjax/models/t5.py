@@ -43,7 +43,7 @@ class T5Config:
   scale_decoder_outputs: bool | None = None
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
-  dropout_rate: float = 0.0
+  dropout_rate: float = 0.0  # as HF: embeddings, residual branches, attention probabilities, MLP hidden units
   norm_eps: float = 1e-6
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -174,7 +174,7 @@ def _norm(cfg: T5Config, name: str) -> RMSNorm:
 
 def _mlp(cfg: T5Config) -> MlpBlock:
   return MlpBlock(cfg.emb_dim, cfg.mlp_dim, cfg.mlp_activation, cfg.gated_mlp, cfg.compute_dtype, cfg.params_dtype,
-                  name="mlp")
+                  dropout_rate=cfg.dropout_rate, name="mlp")
 
 
 def _residual(cfg: T5Config, x, y, deterministic: bool):
@@ -190,7 +190,7 @@ class EncoderLayer(nn.Module):
     cfg = self.cfg
     h = _norm(cfg, "attn_norm")(x)
     x = _residual(cfg, x, T5Attention(cfg, name="attn")(h, h, bias, mask, deterministic), deterministic)
-    x = _residual(cfg, x, _mlp(cfg)(_norm(cfg, "mlp_norm")(x)), deterministic)
+    x = _residual(cfg, x, _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), deterministic)
     return x
 
 
@@ -209,7 +209,7 @@ class DecoderLayer(nn.Module):
     y = T5Attention(cfg, name="cross_attn")(h, encoded, None, cross_mask, deterministic, "cross" if decode else None,
                                             cache_index)
     x = _residual(cfg, x, y, deterministic)
-    x = _residual(cfg, x, _mlp(cfg)(_norm(cfg, "mlp_norm")(x)), deterministic)
+    x = _residual(cfg, x, _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), deterministic)
     return x
 
 

@@ -44,3 +44,50 @@ def test_convert_without_safetensors_is_a_user_error(hf_llama, tmp_path, capsys)
   (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
   assert main(["convert", "--from_hf", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
   assert "safetensors" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def hf_t5(tmp_path_factory):
+  torch.manual_seed(0)
+  cfg = transformers.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+                              num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                              decoder_start_token_id=0, attn_implementation="eager")
+  model = transformers.T5ForConditionalGeneration(cfg).eval()
+  with torch.no_grad():  # HF's init has unit norms and a std-1 head: make every tensor matter
+    for p in model.parameters():
+      p.copy_(torch.randn(p.shape) * (0.5 if p.ndim == 1 else p.shape[-1] ** -0.5) + (1.0 if p.ndim == 1 else 0.0))
+  d = tmp_path_factory.mktemp("hf_t5")
+  model.save_pretrained(d, safe_serialization=True)
+  return d, model
+
+
+def _t5_logits(model, enc, dec):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec)).logits.numpy()
+
+
+def test_t5_import_export_round_trip(hf_t5, tmp_path, capsys):
+  from itjax.models.config_io import build_model, load_model_config
+  from itjax.models.t5 import T5, T5Config
+
+  src, ref = hf_t5
+  out = tmp_path / "itjax_t5"
+  assert main(["convert", "--from_hf", str(src), "--output", str(out)]) == 0
+  cfg = load_model_config(str(out / "checkpoints" / "0"))
+  assert isinstance(cfg, T5Config) and (cfg.emb_dim, cfg.num_decoder_layers, cfg.gated_mlp) == (32, 2, True)
+  assert isinstance(build_model(cfg), T5)
+  back = tmp_path / "hf_t5_again"
+  assert main(["convert", "--to_hf", str(back), "--checkpoint", str(out)]) == 0
+  assert "model_type=t5" in capsys.readouterr().out
+  again = transformers.T5ForConditionalGeneration.from_pretrained(back, attn_implementation="eager").eval()
+  enc, dec = [[5, 77, 20, 3, 9, 1]], [[0, 12, 40, 7]]
+  np.testing.assert_allclose(_t5_logits(again, enc, dec), _t5_logits(ref, enc, dec), atol=1e-5)
+  # A decoder-only family name is refused for a T5 model.
+  assert main(["convert", "--to_hf", str(back), "--checkpoint", str(out), "--model_type", "qwen2"]) == 2
+  assert "T5" in capsys.readouterr().err
+
+
+def test_convert_unknown_model_type_is_a_user_error(tmp_path, capsys):
+  (tmp_path / "config.json").write_text('{"model_type": "bart"}')
+  assert main(["convert", "--from_hf", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+  assert "unsupported model_type 'bart'" in capsys.readouterr().err
