@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--output", help="itjax model directory to write (with --from_hf)")
   c.add_argument("--to_hf", help="HF directory to write from an itjax checkpoint")
   c.add_argument("--checkpoint", help="itjax MODEL_DIR or checkpoint (with --to_hf)")
-  c.add_argument("--model_type", default="llama", help="HF model_type to export as (llama, mistral, qwen2)")
+  c.add_argument("--model_type", default=None,
+                 help="HF model_type to export as (llama, mistral, qwen2; t5); default: by architecture")
   c.add_argument("--dtype", default="float32", help="dtype of exported tensors")
   return parser
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from itjax.errors import UserError
-from itjax.models.config_io import load_model_config
+from itjax.models.config_io import load_decoder_config
 from itjax.models.decoder import Decoder
 
 log = logging.getLogger("itjax")
@@ -181,7 +181,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
 
 def load_model(path: str, mesh, rules) -> tuple[Decoder, Any]:
   """(model, params) from an itjax MODEL_DIR or checkpoint, params sharded on `mesh`."""
-  cfg = load_model_config(path)
+  cfg = load_decoder_config(path)  # train, eval and infer are decoder-only for now
   model = Decoder(cfg)
   example = jnp.zeros((1, 8), jnp.int32)
   boxed = jax.eval_shape(lambda r: model.init(r, example)["params"], jax.random.key(0))
