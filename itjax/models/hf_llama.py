@@ -468,14 +468,20 @@ def save_hf_dir(cfg: DecoderConfig, params: Mapping[str, Any], path: str | os.Pa
   The result loads with `transformers.AutoModelForCausalLM.from_pretrained(path)`. Stale weight files
   from an earlier save (model.safetensors, model-*-of-*.safetensors, the index) are removed first.
   """
+  write_hf_dir(path, config_to_hf(cfg, model_type), params_to_hf(cfg, params), dtype, max_shard_bytes)
+
+
+def write_hf_dir(path: str | os.PathLike, hf_config: dict, hf_tensors: Mapping[str, np.ndarray], dtype: str,
+                 max_shard_bytes: int) -> None:
+  """Writes config.json and safetensors weights (sharded with an index past `max_shard_bytes`), removing
+  stale weight files from an earlier save; shared by every HF model family's export."""
   if dtype not in _NP_DTYPES:
     raise UserError(f"unknown export dtype {dtype!r}; expected one of {sorted(_NP_DTYPES)}")
   if max_shard_bytes <= 0:
     raise UserError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-  hf_config = config_to_hf(cfg, model_type)
-  hf_config.update(dtype=dtype, torch_dtype=dtype)
+  hf_config = {**hf_config, "dtype": dtype, "torch_dtype": dtype}
   np_dtype = _NP_DTYPES[dtype]
-  tensors = {name: value.astype(np_dtype, copy=False) for name, value in params_to_hf(cfg, params).items()}
+  tensors = {name: value.astype(np_dtype, copy=False) for name, value in hf_tensors.items()}
 
   path = os.fspath(path)
   os.makedirs(path, exist_ok=True)

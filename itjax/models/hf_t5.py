@@ -21,23 +21,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from safetensors.numpy import save_file
 
 from itjax.errors import UserError
 from itjax.models.hf_llama import (
-  _INDEX,
-  _NP_DTYPES,
-  _SHARD,
-  _SINGLE,
   Params,
   Shapes,
   _check_shapes,
   _flatten,
   _SafetensorsTensors,
   _shape_of,
-  _shards,
   _unflatten,
   _weight_files,
+  write_hf_dir,
 )
 from itjax.models.t5 import T5Config
 
@@ -325,34 +320,4 @@ def save_hf_dir(cfg: T5Config, params: Mapping[str, Any], path: str | os.PathLik
   The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(path)`. Stale weight
   files from an earlier save (model.safetensors, model-*-of-*.safetensors, the index) are removed first.
   """
-  if dtype not in _NP_DTYPES:
-    raise UserError(f"unknown export dtype {dtype!r}; expected one of {sorted(_NP_DTYPES)}")
-  if max_shard_bytes <= 0:
-    raise UserError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-  hf_config = config_to_hf(cfg)
-  hf_config.update(dtype=dtype, torch_dtype=dtype)
-  np_dtype = _NP_DTYPES[dtype]
-  tensors = {name: value.astype(np_dtype, copy=False) for name, value in params_to_hf(cfg, params).items()}
-
-  path = os.fspath(path)
-  os.makedirs(path, exist_ok=True)
-  stale = [_SINGLE, _INDEX, *(n for n in os.listdir(path) if re.fullmatch(r"model-\d+-of-\d+\.safetensors", n))]
-  for name in stale:
-    if os.path.exists(os.path.join(path, name)):
-      os.remove(os.path.join(path, name))
-  shards = _shards(tensors, max_shard_bytes)
-  metadata = {"format": "pt"}  # transformers checks this header field
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(path, _SINGLE), metadata=metadata)
-  else:
-    weight_map = {}
-    for i, shard in enumerate(shards):
-      name = _SHARD.format(i + 1, len(shards))
-      save_file(shard, os.path.join(path, name), metadata=metadata)
-      weight_map.update({tensor: name for tensor in shard})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
-    with open(os.path.join(path, _INDEX), "w") as f:
-      json.dump(index, f, indent=2, sort_keys=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
-    f.write("\n")
+  write_hf_dir(path, config_to_hf(cfg), params_to_hf(cfg, params), dtype, max_shard_bytes)
