@@ -26,10 +26,12 @@ def register_configurables() -> None:
   """Imports the modules whose gin configurables the gin files may name."""
   from itjax.eval import evaluator, infer  # noqa: F401
   from itjax.models.decoder import DecoderConfig
+  from itjax.models.t5 import T5Config
   from itjax.train import trainer  # noqa: F401  (train, optimizer, mesh, eval settings)
 
-  if not gin.config._REGISTRY.get_all_matches("DecoderConfig"):
-    gin.external_configurable(DecoderConfig, module="itjax")
+  for cls in (DecoderConfig, T5Config):
+    if not gin.config._REGISTRY.get_all_matches(cls.__name__):
+      gin.external_configurable(cls, module="itjax")
 
 
 def _configurable_names() -> list[str]:

@@ -1,4 +1,8 @@
-"""Training batches: seqio mixture -> packed decoder features -> numpy, per host.
+"""Training batches: seqio mixture -> packed model features -> numpy, per host.
+
+Decoder-only models get seqio's PrefixLM features (BOS + inputs + targets in one
+row, loss on the targets); encoder-decoders its EncDec features (inputs and
+targets packed side by side, with segment ids and positions on both).
 
 The stream is deterministic given the seed and the host's shard, so its
 position is just the number of batches consumed: a resumed run skips that
@@ -18,15 +22,21 @@ import tensorflow as tf  # noqa: E402
 
 from itjax.data.quality import NgramIndex  # noqa: E402
 
-# Features the decoder-only trainer consumes (decoder_causal_attention is for prefix LMs).
-MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
-                  "decoder_positions")
+# Features the trainer consumes (decoder_causal_attention is for bidirectional prefix LMs; ours are causal).
+DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+                    "decoder_positions")
+ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+
+
+def feature_converter(encoder_decoder: bool, pack: bool) -> seqio.FeatureConverter:
+  """seqio's converter for the architecture: EncDec, or PrefixLM for decoder-only."""
+  return seqio.EncDecFeatureConverter(pack=pack) if encoder_decoder else seqio.PrefixLMFeatureConverter(pack=pack)
 
 
 def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                   seed: int, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                   start_batch: int = 0, use_cached: bool = False,
-                  decontaminate: NgramIndex | None = None) -> tf.data.Dataset:
+                  decontaminate: NgramIndex | None = None, encoder_decoder: bool = False) -> tf.data.Dataset:
   """This host's infinite stream of [batch_size, length] batches, from batch `start_batch` on.
 
   With `decontaminate`, examples sharing an n-gram with the indexed eval data
@@ -45,8 +55,9 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
       return tf.logical_not(decontaminate.tf_contaminated(text))
 
     ds = ds.filter(clean)
-  ds = seqio.PrefixLMFeatureConverter(pack=pack)(ds, lengths)
-  ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES if k in ex})
+  ds = feature_converter(encoder_decoder, pack)(ds, lengths)
+  keep = DECODER_FEATURES + (ENCODER_FEATURES if encoder_decoder else ())
+  ds = ds.map(lambda ex: {k: ex[k] for k in keep if k in ex})
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

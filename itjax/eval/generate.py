@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import jax
-import numpy as np
 import seqio
 
 from itjax.data.registry import leaf_tasks
 from itjax.data.tasks import TASK_INFO
-from itjax.models.decoder import Decoder
-from itjax.models.decoding import greedy_decode, left_pad, strip_eos
+from itjax.models.decoding import strip_eos
+from itjax.models.interface import interface_for
 
 EVAL_SPLIT = "validation"
 META = ("task", "dataset", "cluster", "variant")
@@ -44,20 +42,19 @@ def _batches(rows: list[dict], batch_size: int) -> Iterator[list[dict]]:
     yield rows[i:i + batch_size]
 
 
-def predict(model: Decoder, params, rows: list[dict], vocab: seqio.Vocabulary, *, batch_size: int,
+def predict(model, params, rows: list[dict], vocab: seqio.Vocabulary, *, batch_size: int,
             max_new_tokens: int) -> list[str]:
-  """Greedy continuations of each row's prompt (BOS + input ids), decoded to text.
+  """Greedy continuations of each row's prompt (its input ids, as the model was trained), decoded to text.
 
-  Call inside the mesh / logical-axis-rules context that the params are sharded for.
+  Works for decoder-only and encoder-decoder models. Call inside the mesh / logical-axis-rules
+  context that the params are sharded for.
   """
+  iface = interface_for(model)
   preds = []
   for chunk in _batches(rows, batch_size):
-    # The decoder was trained on BOS (id 0) + inputs, as PrefixLMFeatureConverter builds them.
-    prompts = [[0] + r["input_ids"] for r in chunk]
-    pad_rows = batch_size - len(prompts)
-    tokens, mask = left_pad(prompts + [[0]] * pad_rows)
-    out = greedy_decode(model, params, tokens, mask, max_new_tokens=max_new_tokens, eos_id=vocab.eos_id)
-    out = np.asarray(jax.device_get(out))[: len(chunk)]
+    prompts = [r["input_ids"] for r in chunk]
+    prompts += [prompts[-1]] * (batch_size - len(prompts))  # full batches: one compilation
+    out = iface.generate(params, prompts, max_new_tokens=max_new_tokens, eos_id=vocab.eos_id)[: len(chunk)]
     preds += [vocab.decode(strip_eos(o, vocab.eos_id)) for o in out]
   return preds
 

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness backend: run lm-eval tasks on itjax decoder-only models.
+"""lm-evaluation-harness backend: run lm-eval tasks on itjax models (decoder-only and T5).
 
 Registered as model "itjax". From an itjax MODEL_DIR:
 
@@ -9,7 +9,9 @@ Registered as model "itjax". From an itjax MODEL_DIR:
 defaults to 1), or from Python, `lm_eval.simple_evaluate(model=ItjaxLM(model=model, params=params), ...)`
 once this module is imported. Other model_args: vocabulary, max_length, max_gen_toks.
 
-Every sequence the model sees starts with BOS (id 0), as PrefixLMFeatureConverter builds training rows:
+A decoder-only model sees every sequence behind BOS (id 0), as PrefixLMFeatureConverter builds training
+rows; an encoder-decoder gets the context (prompt) as its encoder input and scores or generates the
+continuation with its decoder, as lm-eval's seq2seq HF backend does (`itjax.models.interface`):
   * loglikelihood: BOS + context + continuation, scored by `score_continuations`; a context too long for
     `max_length` loses its oldest tokens.
   * loglikelihood_rolling: lm-eval's disjoint rolling windows (`get_rolling_token_windows`, context_len=1),
@@ -40,12 +42,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from itjax.data.vocab import default_vocabulary
-from itjax.models.decoding import greedy_decode, left_pad
-from itjax.models.scoring import score_continuations
+from itjax.models.interface import interface_for
 
 log = logging.getLogger("itjax")
 
-BOS_ID = 0  # prepended by score_continuations and here for generation
+BOS_ID = 0  # decoder-only rows start with it (added by the model interface)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_LENGTH = 2048
 Pair = tuple[list[int], list[int]]
@@ -73,7 +74,7 @@ def _parse_batch_size(batch_size: int | str | None) -> int:
 
 @register_model("itjax")
 class ItjaxLM(LM):
-  """lm-eval `LM` over an itjax Decoder: from `pretrained` (an itjax MODEL_DIR or checkpoint) or (model, params)."""
+  """lm-eval `LM` over an itjax model: from `pretrained` (an itjax MODEL_DIR or checkpoint) or (model, params)."""
 
   def __init__(self, pretrained: str | None = None, *, model: Any = None, params: Any = None,
                vocabulary: seqio.Vocabulary | str | None = None, batch_size: int | str | None = DEFAULT_BATCH_SIZE,
@@ -86,17 +87,16 @@ class ItjaxLM(LM):
     if pretrained is not None:
       if model is not None or params is not None:
         raise ValueError("give either pretrained=MODEL_DIR or model and params, not both")
-      from itjax.models.config_io import load_decoder_config
       from itjax.train import partitioning
       from itjax.train.checkpoints import load_model
 
-      load_decoder_config(pretrained)  # a clear error for a T5 directory
       mesh = mesh if mesh is not None else partitioning.create_mesh()
       rules = rules if rules is not None else partitioning.logical_axis_rules()
       model, params = load_model(pretrained, mesh, rules)
     elif model is None or params is None:
       raise ValueError("the itjax backend needs pretrained=MODEL_DIR, or model and params")
     self.model, self.params = model, params
+    self.iface = interface_for(model)
     self.mesh, self.rules = mesh, tuple(rules or ())
     self.vocab = resolve_vocabulary(vocabulary)
     cfg = getattr(model, "cfg", None)
@@ -135,10 +135,15 @@ class ItjaxLM(LM):
     return ctx, whole[len(ctx):]
 
   def _truncate(self, prompt: list[int], continuation: list[int]) -> Pair:
-    """Drops the oldest prompt tokens so that the model's input (BOS + prompt + continuation[:-1]) fits."""
+    """Drops the oldest prompt tokens so that the model's input fits in max_length.
+
+    Decoder-only: BOS + prompt + continuation[:-1]; encoder-decoder: the prompt (encoder) alone.
+    """
     if len(continuation) > self.max_length:
       raise ValueError(f"continuation of {len(continuation)} tokens is longer than max_length={self.max_length}")
-    excess = len(prompt) + len(continuation) - self.max_length
+    excess = len(prompt) - self.max_length
+    if not self.iface.encoder_decoder:
+      excess += len(continuation)
     return (prompt[excess:] if excess > 0 else prompt), continuation
 
   def score_pairs(self, pairs: Sequence[Pair], disable_tqdm: bool = True,
@@ -154,8 +159,7 @@ class ItjaxLM(LM):
     with self._context():
       for start in range(0, len(keys), self.batch_size):
         chunk = keys[start: start + self.batch_size]
-        s, g = score_continuations(self.model, self.params, [(list(p), list(c)) for p, c in chunk],
-                                   batch_size=self.batch_size)
+        s, g = self.iface.score(self.params, [(list(p), list(c)) for p, c in chunk], batch_size=self.batch_size)
         for key, si, gi in zip(chunk, s, g, strict=True):
           scores[unique[key]], greedy[unique[key]] = float(si), bool(gi)
         bar.update(len(chunk))
@@ -233,19 +237,19 @@ class ItjaxLM(LM):
                          "(override with --gen_kwargs do_sample=False)")
       until = handle_stop_sequences(kwargs.get("until"), eos=None)
       max_new = int(kwargs["max_gen_toks"])
-      budget = self.max_length - max_new  # BOS + context
-      if budget < 1:
+      # Decoder-only: BOS + context + new tokens share max_length; an encoder takes max_length of context.
+      budget = self.max_length if self.iface.encoder_decoder else self.max_length - max_new - 1
+      if budget < 0:
         raise ValueError(f"max_gen_toks={max_new} leaves no room for a prompt within max_length={self.max_length}")
-      prompts = {i: [BOS_ID] + self._keep_last(self.tok_encode(requests[i].args[0]), budget - 1) for i in members}
+      prompts = {i: self._keep_last(self.tok_encode(requests[i].args[0]), budget) for i in members}
       stop_id = self._loop_stop_id(until)
       ends = {stop_id, self.vocab.eos_id, 0}
       order = sorted(members, key=lambda i: -len(prompts[i]))
       with self._context():
         for chunk in self._batches(order):
           rows = [prompts[i] for i in chunk]
-          tokens, mask = left_pad(rows + [[BOS_ID]] * (self.batch_size - len(rows)))
-          new = np.asarray(jax.device_get(greedy_decode(self.model, self.params, tokens, mask, max_new_tokens=max_new,
-                                                        eos_id=stop_id)))
+          new = self.iface.generate(self.params, rows + [rows[-1]] * (self.batch_size - len(rows)),
+                                    max_new_tokens=max_new, eos_id=stop_id)
           for i, row in zip(chunk, new, strict=False):
             toks = []
             for t in row.tolist():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import seqio
 
-from itjax.models.scoring import score_continuations
+from itjax.models.interface import interface_for
 
 
 def rank_classify(model, params, rows: Sequence[dict], vocab: seqio.Vocabulary, *,
@@ -26,7 +26,7 @@ def rank_classify(model, params, rows: Sequence[dict], vocab: seqio.Vocabulary, 
       owner.append(i)
   if not pairs:
     return [None] * len(rows)
-  scores, _ = score_continuations(model, params, pairs, batch_size=batch_size)
+  scores, _ = interface_for(model).score(params, pairs, batch_size=batch_size)
   out: list[dict | None] = [None] * len(rows)
   owner = np.asarray(owner)
   for i, r in enumerate(rows):

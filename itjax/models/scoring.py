@@ -1,8 +1,10 @@
 """Log-likelihood of given continuations (rank classification, lm-eval loglikelihood).
 
-Each (prompt, continuation) pair becomes one right-padded row of
-BOS + prompt + continuation; one forward pass scores a whole batch of rows and
-sums the log-probabilities of the continuation tokens only.
+Decoder-only: each (prompt, continuation) pair becomes one right-padded row of
+BOS + prompt + continuation. Encoder-decoder: the prompt is the encoder row and
+the continuation the decoder targets (decoder input: 0 + continuation[:-1]).
+One forward pass scores a whole batch of rows and sums the log-probabilities of
+the continuation tokens only.
 """
 
 from __future__ import annotations
@@ -15,16 +17,37 @@ import jax.numpy as jnp
 import numpy as np
 
 from itjax.models.decoder import Decoder
+from itjax.models.t5 import T5
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _row_scores(model: Decoder, params, inputs, segments, targets, weights):
-  logits = model.apply({"params": params}, inputs, segments)
+def _token_scores(logits, targets, weights):
+  """(sum of weighted target log-probs, every weighted target is the argmax) per row."""
   logp = jax.nn.log_softmax(logits, axis=-1)
   tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   greedy = jnp.argmax(logits, axis=-1) == targets
   w = weights.astype(jnp.float32)
   return jnp.sum(tok * w, axis=1), jnp.all(greedy | (weights == 0), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _row_scores(model: Decoder, params, inputs, segments, targets, weights):
+  return _token_scores(model.apply({"params": params}, inputs, segments), targets, weights)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _enc_dec_row_scores(model: T5, params, enc, enc_segments, dec_inputs, targets, weights):
+  logits = model.apply({"params": params}, enc, dec_inputs, enc_segments, (weights > 0).astype(jnp.int32))
+  return _token_scores(logits, targets, weights)
+
+
+def right_pad(rows: Sequence[Sequence[int]], multiple: int = 32) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, mask) [len(rows), length], length rounded up to `multiple` (fewer recompiles)."""
+  length = -(-max(max(len(r) for r in rows), 1) // multiple) * multiple
+  tokens = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :len(r)] = r
+  mask = (np.arange(length)[None, :] < np.array([len(r) for r in rows])[:, None]).astype(np.int32)
+  return tokens, mask
 
 
 def build_rows(pairs: Sequence[tuple[list[int], list[int]]], multiple: int = 32):
@@ -44,14 +67,36 @@ def build_rows(pairs: Sequence[tuple[list[int], list[int]]], multiple: int = 32)
   return inputs, segments, targets, weights
 
 
-def score_continuations(model: Decoder, params, pairs: Sequence[tuple[list[int], list[int]]],
-                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-  """(sum log p(continuation | prompt), is_greedy) for each pair, like lm-eval's loglikelihood."""
+def build_enc_dec_rows(pairs: Sequence[tuple[list[int], list[int]]], multiple: int = 32):
+  """(encoder tokens, encoder mask, decoder inputs, targets, weights): teacher forcing on the continuations."""
+  enc, enc_mask = right_pad([list(p) for p, _ in pairs], multiple)
+  targets, weights = right_pad([list(c) for _, c in pairs], multiple)
+  dec_inputs = np.zeros_like(targets)
+  dec_inputs[:, 1:] = targets[:, :-1]  # decoder start token 0, then the continuation shifted right
+  return enc, enc_mask, dec_inputs, targets, weights
+
+
+def _score_batches(row_scores, build, pairs, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   scores, greedy = [], []
   for i in range(0, len(pairs), batch_size):
     chunk = list(pairs[i: i + batch_size])
     pad = batch_size - len(chunk)
-    s, g = _row_scores(model, params, *build_rows(chunk + [([], [1])] * pad))
+    s, g = row_scores(*build(chunk + [([1], [1])] * pad))
     scores.append(np.asarray(s)[: len(chunk)])
     greedy.append(np.asarray(g)[: len(chunk)])
+  if not scores:
+    return np.zeros(0, np.float32), np.zeros(0, bool)
   return np.concatenate(scores), np.concatenate(greedy)
+
+
+def score_continuations(model: Decoder, params, pairs: Sequence[tuple[list[int], list[int]]],
+                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """(sum log p(continuation | prompt), is_greedy) for each pair, like lm-eval's loglikelihood."""
+  return _score_batches(functools.partial(_row_scores, model, params), build_rows, pairs, batch_size)
+
+
+def score_enc_dec_continuations(model: T5, params, pairs: Sequence[tuple[list[int], list[int]]],
+                                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """As `score_continuations`, for an encoder-decoder: prompt -> encoder, continuation -> decoder."""
+  return _score_batches(functools.partial(_enc_dec_row_scores, model, params), build_enc_dec_rows, pairs,
+                        batch_size)

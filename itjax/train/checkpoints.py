@@ -21,12 +21,10 @@ from typing import Any
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from itjax.errors import UserError
-from itjax.models.config_io import load_decoder_config
-from itjax.models.decoder import Decoder
+from itjax.models.config_io import build_model, example_inputs, load_model_config
 
 log = logging.getLogger("itjax")
 
@@ -179,12 +177,11 @@ def restore_params(path: str, abstract_params: Any) -> Any:
   return out["params"]
 
 
-def load_model(path: str, mesh, rules) -> tuple[Decoder, Any]:
-  """(model, params) from an itjax MODEL_DIR or checkpoint, params sharded on `mesh`."""
-  cfg = load_decoder_config(path)  # train, eval and infer are decoder-only for now
-  model = Decoder(cfg)
-  example = jnp.zeros((1, 8), jnp.int32)
-  boxed = jax.eval_shape(lambda r: model.init(r, example)["params"], jax.random.key(0))
+def load_model(path: str, mesh, rules) -> tuple[nn.Module, Any]:
+  """(model, params) from an itjax MODEL_DIR or checkpoint (either architecture), params sharded on `mesh`."""
+  cfg = load_model_config(path)
+  model = build_model(cfg)
+  boxed = jax.eval_shape(lambda r: model.init(r, *example_inputs(cfg))["params"], jax.random.key(0))
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                     nn.unbox(boxed), shardings)

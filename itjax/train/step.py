@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from itjax.errors import UserError
+from itjax.models.interface import interface_for
 from itjax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -39,14 +40,11 @@ def check_loss_normalizing_factor(factor: LossNormalization) -> LossNormalizatio
                   f"{', '.join(LOSS_NORMALIZATIONS)}")
 
 
-def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(tokens, segment_ids, positions) for a decoder batch, packed or not."""
-  tokens = batch["decoder_input_tokens"]
+def decoder_segments(batch: Batch) -> jax.Array:
+  """Segment ids of the decoder (target) side: packed ids, or 1 on real target tokens."""
   if "decoder_segment_ids" in batch:
-    return tokens, batch["decoder_segment_ids"], batch["decoder_positions"]
-  segments = (batch["decoder_target_tokens"] > 0).astype(jnp.int32)
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  return tokens, segments, positions
+    return batch["decoder_segment_ids"]
+  return (batch["decoder_target_tokens"] > 0).astype(jnp.int32)
 
 
 def per_sequence_weights(weights: jax.Array, segments: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -80,13 +78,14 @@ def cross_entropy_sums(logits, targets, weights, z_loss: float = 0.0, label_smoo
 
 
 def loss_sums(model: nn.Module, params, batch: Batch, z_loss: float = 0.0, label_smoothing: float = 0.0,
-              loss_normalizing_factor: LossNormalization = "num_real_target_tokens"):
-  tokens, segments, positions = model_inputs(batch)
-  logits = model.apply({"params": params}, tokens, segments, positions)
+              loss_normalizing_factor: LossNormalization = "num_real_target_tokens",
+              dropout_rng: jax.Array | None = None):
+  """Summed loss terms of a decoder-only or encoder-decoder batch (see `itjax.models.interface`)."""
+  logits = interface_for(model).logits(params, batch, dropout_rng=dropout_rng)
   weights = batch["decoder_loss_weights"]
   loss_weights, sequences = None, jnp.zeros((), jnp.float32)
   if loss_normalizing_factor == "average_per_sequence":
-    loss_weights, sequences = per_sequence_weights(weights, segments)
+    loss_weights, sequences = per_sequence_weights(weights, decoder_segments(batch))
   sums = cross_entropy_sums(logits, batch["decoder_target_tokens"], weights, z_loss, label_smoothing, loss_weights)
   return {**sums, "sequences": sequences}
 
@@ -111,33 +110,39 @@ def all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, num_microbatches: int = 1, z_loss: float = 0.0,
-               label_smoothing: float = 0.0,
-               loss_normalizing_factor: LossNormalization = "num_real_target_tokens") -> tuple[TrainState, dict]:
+               label_smoothing: float = 0.0, loss_normalizing_factor: LossNormalization = "num_real_target_tokens",
+               dropout_seed: int | None = None) -> tuple[TrainState, dict]:
   """One optimizer update on the loss normalized by `loss_normalizing_factor` over the whole batch.
 
+  With `dropout_seed`, dropout is on (at the model config's rate) with keys derived from the seed, the
+  step and the microbatch: a resumed run draws the same masks as an uninterrupted one.
   Metrics include `finite`: whether the loss, gradients and the updated state are all finite.
   """
   factor = check_loss_normalizing_factor(loss_normalizing_factor)
+  step_key = None if dropout_seed is None else jax.random.fold_in(jax.random.key(dropout_seed), state.step)
 
-  def grad_sums(params, mb):
+  def grad_sums(params, mb, i):
+    rng = None if step_key is None else jax.random.fold_in(step_key, i)
+
     def f(p):
-      sums = loss_sums(model, p, mb, z_loss, label_smoothing, factor)
+      sums = loss_sums(model, p, mb, z_loss, label_smoothing, factor, dropout_rng=rng)
       return sums["loss"], sums
     return jax.grad(f, has_aux=True)(params)
 
   if num_microbatches == 1:
-    grads, sums = grad_sums(state.params, batch)
+    grads, sums = grad_sums(state.params, batch, 0)
   else:
     micro = jax.tree_util.tree_map(
         lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch)
 
-    def body(carry, mb):
-      g, s = grad_sums(state.params, mb)
+    def body(carry, xs):
+      mb, i = xs
+      g, s = grad_sums(state.params, mb, i)
       return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_sums, state.params,
-                                                                   jax.tree_util.tree_map(lambda x: x[0], micro)))
-    (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+        grad_sums, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), 0))
+    (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
 
   denom = normalizer(sums, factor, batch["decoder_target_tokens"].shape)
   grads = jax.tree_util.tree_map(lambda g: g / denom, grads)

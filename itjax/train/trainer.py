@@ -27,7 +27,6 @@ from collections.abc import Iterator, Mapping
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from itjax.data.pipeline import numpy_batches, train_dataset
@@ -35,8 +34,8 @@ from itjax.data.registry import require_task
 from itjax.errors import UserError
 from itjax.eval.evaluator import run_eval
 from itjax.eval.report import METRIC_TITLES
-from itjax.models.config_io import save_model_config
-from itjax.models.decoder import Decoder, DecoderConfig
+from itjax.models.config_io import ModelConfig, build_model, save_model_config
+from itjax.models.interface import interface_for
 from itjax.train import partitioning, perf
 from itjax.train.checkpoints import Checkpointer, restore_params
 from itjax.train.distributed import initialize_distributed
@@ -94,7 +93,8 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 
 
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
-                 seed: int, data_shards: int, pack: bool, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+                 seed: int, data_shards: int, pack: bool, start_batch: int,
+                 encoder_decoder: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
   The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
@@ -103,7 +103,8 @@ def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
   per_host = data_shards // jax.process_count()
   streams = [numpy_batches(train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
-      shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=pack, start_batch=start_batch))
+      shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=pack, start_batch=start_batch,
+      encoder_decoder=encoder_decoder))
       for j in range(per_host)]
   while True:
     parts = [next(s) for s in streams]
@@ -163,7 +164,7 @@ def write_operative_config(model_dir: str) -> None:
 @gin.configurable(denylist=["evaluate_at_end"])
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED, model_config: DecoderConfig = gin.REQUIRED, seed: int = 0,
+          batch_size: int = gin.REQUIRED, model_config: ModelConfig = gin.REQUIRED, seed: int = 0,
           pack: bool = True, log_every: int = 10, checkpoint_period: int = 100, keep_checkpoints: int | None = 3,
           num_microbatches: int = 1, z_loss: float = 0.0, label_smoothing: float = 0.0,
           loss_normalizing_factor: str | float = "num_real_target_tokens", data_shards: int | None = None,
@@ -172,6 +173,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           best_checkpoint_mode: str = "max", keep_best_checkpoints: int = 1,
           peak_flops_per_device: float | None = None, evaluate_at_end: bool = True) -> dict:
   """Trains until `train_steps` (total, counting resumed steps); returns the last metrics.
+
+  model_config: a `DecoderConfig` (decoder-only, PrefixLM features) or a `T5Config` (encoder-decoder,
+    EncDec features: TASK_FEATURE_LENGTHS' inputs and targets are the encoder and decoder lengths).
+    A T5 config's dropout_rate applies in training steps (never in evaluation).
 
   eval_period: evaluate the current params on `eval_mixtures` every this many steps (and at the end),
     into MODEL_DIR/eval/step_<n>/, logging `eval/SET/METRIC` scalars.
@@ -206,10 +211,10 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
 
   mesh = partitioning.create_mesh()
   rules = partitioning.logical_axis_rules()
-  model = Decoder(model_config)
+  model = build_model(model_config)
+  iface = interface_for(model)
   optimizer, schedule = make_optimizer()
-  length = sum(task_feature_lengths.values())
-  example = jnp.zeros((1, length), jnp.int32)
+  example = iface.example_inputs(task_feature_lengths)
   state, shardings = create_train_state(model, optimizer, mesh, rules, jax.random.key(seed), example)
   ckpt = Checkpointer(model_dir, period=checkpoint_period, keep=keep_checkpoints,
                       best_metric=best_checkpoint_metric, best_mode=best_checkpoint_mode,
@@ -238,13 +243,16 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
     step_fn = jax.jit(
         functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
                           num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing,
-                          loss_normalizing_factor=loss_normalizing_factor),
+                          loss_normalizing_factor=loss_normalizing_factor,
+                          dropout_seed=seed if getattr(model_config, "dropout_rate", 0.0) > 0 else None),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
     batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
-                           data_shards=data_shards, pack=pack, start_batch=start_batch)
+                           data_shards=data_shards, pack=pack, start_batch=start_batch,
+                           encoder_decoder=iface.encoder_decoder)
     loop = _Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, train_steps, start),
                  start=start, start_batch=start_batch, seed=seed, data_shards=data_shards,
-                 num_params=perf.count_params(state.params),
+                 # Enc-dec: each token passes through about half the parameters (its stack's).
+                 num_params=perf.count_params(state.params) // (2 if iface.encoder_decoder else 1),
                  peak_flops=peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
     evaluate = None
     if eval_period and eval_mixtures:
@@ -260,7 +268,8 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < train_steps and not preempt.should_stop(step):
         local = next(batches)
-        tokens = float(np.sum(local["decoder_target_tokens"] > 0)) * jax.process_count()
+        tokens = float(sum(np.sum(local[k] > 0) for k in ("encoder_input_tokens", "decoder_target_tokens")
+                           if k in local)) * jax.process_count()
         state, m = step_fn(state, _global_batch(local, batch_sharding))
         step += 1
         loop.stepped(step, m, tokens)

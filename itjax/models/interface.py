@@ -1,0 +1,121 @@
+"""What training and evaluation need from a model, for each architecture (as T5X's `models.py`).
+
+`interface_for(model)` wraps a `Decoder` (decoder-only, seqio's PrefixLM features: BOS + inputs +
+targets in one row, loss on the targets) or a `T5` (encoder-decoder, seqio's EncDec features) so
+that the trainer, the evaluator, `itjax infer`, the lm-eval backend and `itjax serve` share one
+code path: the batch -> logits function, generation from prompt token ids, and continuation
+scoring. Prompts here are a task's `inputs` token ids, exactly as the feature converters see them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from itjax.models import decoding, enc_dec_decoding, scoring
+from itjax.models.decoder import Decoder
+from itjax.models.t5 import T5
+
+Batch = Mapping[str, jax.Array]
+Pair = tuple[Sequence[int], Sequence[int]]
+BOS_ID = 0  # decoder-only rows start with it (PrefixLMFeatureConverter); T5's decoder starts with it too
+PAD_MULTIPLE = 32  # prompt lengths are rounded up to this: fewer shapes, fewer compilations
+
+
+def _sampling_args(temperature: float, top_k: int, top_p: float) -> bool:
+  return temperature > 0 or top_k > 0 or top_p < 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnly:
+  """A Llama-family `Decoder` trained on seqio PrefixLM features (decoder_* keys)."""
+
+  model: Decoder
+  encoder_decoder: ClassVar[bool] = False
+
+  def example_inputs(self, task_feature_lengths: Mapping[str, int]) -> tuple[jax.Array, ...]:
+    """Dummy inputs of the training shapes, for `model.init`."""
+    return (jnp.zeros((1, sum(task_feature_lengths.values())), jnp.int32),)
+
+  def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """[batch, length, vocab] float32 logits for a (packed or not) training batch."""
+    del dropout_rng  # the decoder has no dropout
+    tokens = batch["decoder_input_tokens"]
+    if "decoder_segment_ids" in batch:
+      segments, positions = batch["decoder_segment_ids"], batch["decoder_positions"]
+    else:
+      segments = (batch["decoder_target_tokens"] > 0).astype(jnp.int32)
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return self.model.apply({"params": params}, tokens, segments, positions)
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+    """New tokens [len(prompts), max_new_tokens] after BOS + each prompt (EOS kept, 0 after)."""
+    tokens, mask = decoding.left_pad([[BOS_ID, *p] for p in prompts], PAD_MULTIPLE)
+    if _sampling_args(temperature, top_k, top_p):
+      out = decoding.sample_decode(self.model, params, tokens, mask, jax.random.key(seed),
+                                   max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+                                   top_k=top_k, top_p=top_p)
+    else:
+      out = decoding.greedy_decode(self.model, params, tokens, mask, max_new_tokens=max_new_tokens, eos_id=eos_id)
+    return np.asarray(jax.device_get(out))
+
+  def score(self, params, pairs: Sequence[Pair], *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum log p(continuation | prompt), continuation is the greedy one) per pair."""
+    return scoring.score_continuations(self.model, params, pairs, batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoder:
+  """A `T5` trained on seqio EncDec features: inputs -> encoder, targets -> decoder (start token 0)."""
+
+  model: T5
+  encoder_decoder: ClassVar[bool] = True
+
+  def example_inputs(self, task_feature_lengths: Mapping[str, int]) -> tuple[jax.Array, ...]:
+    return (jnp.zeros((1, task_feature_lengths["inputs"]), jnp.int32),
+            jnp.zeros((1, task_feature_lengths["targets"]), jnp.int32))
+
+  def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """[batch, targets length, vocab] float32; dropout (the config's rate) when `dropout_rng` is given."""
+    enc, dec = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+    if "encoder_segment_ids" in batch:
+      segs = (batch["encoder_segment_ids"], batch["decoder_segment_ids"], batch["encoder_positions"],
+              batch["decoder_positions"])
+    else:  # unpacked: padding is id 0 in the encoder; the decoder's padding only carries zero loss weight
+      segs = ((enc > 0).astype(jnp.int32), jnp.ones_like(dec), None, None)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.model.apply({"params": params}, enc, dec, *segs, deterministic=dropout_rng is None, rngs=rngs)
+
+  def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+    """New tokens [len(prompts), max_new_tokens] for each encoder input (EOS kept, 0 after)."""
+    tokens, mask = scoring.right_pad([list(p) or [eos_id] for p in prompts], PAD_MULTIPLE)
+    if _sampling_args(temperature, top_k, top_p):
+      out = enc_dec_decoding.sample_decode(self.model, params, tokens, mask, jax.random.key(seed),
+                                           max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+                                           top_k=top_k, top_p=top_p)
+    else:
+      out = enc_dec_decoding.greedy_decode(self.model, params, tokens, mask, max_new_tokens=max_new_tokens,
+                                           eos_id=eos_id)
+    return np.asarray(jax.device_get(out))
+
+  def score(self, params, pairs: Sequence[Pair], *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    return scoring.score_enc_dec_continuations(self.model, params, pairs, batch_size=batch_size)
+
+
+ModelInterface = DecoderOnly | EncoderDecoder
+
+
+def interface_for(model: Any) -> ModelInterface:
+  """The interface of an itjax model module (a `Decoder` or a `T5`)."""
+  if isinstance(model, (DecoderOnly, EncoderDecoder)):
+    return model
+  if isinstance(model, T5):
+    return EncoderDecoder(model)
+  return DecoderOnly(model)
