@@ -19,7 +19,7 @@ from itjax.data.templates import ZERO_SHOT_NOOPT, ZERO_SHOT_OPT
 from itjax.data.templates import Template as T
 
 SEED = 1234
-SIZES = {"train": 20_000, "validation": 64}
+SIZES = {"train": 20_000, "validation": 64, "test": 64}
 # Generated examples are already i.i.d.; a small buffer keeps start-up fast.
 SHUFFLE_BUFFER = 256
 NUM_SHOTS = 2

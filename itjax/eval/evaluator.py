@@ -15,9 +15,12 @@ import flax.linen as nn
 import gin
 import jax
 
+from itjax.data.quality import scan
+from itjax.data.registry import leaf_tasks
 from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
 from itjax.data.vocab import default_vocabulary
-from itjax.eval.generate import eval_examples, predict
+from itjax.errors import UserError
+from itjax.eval.generate import EVAL_SPLIT, eval_examples, predict
 from itjax.eval.rank import rank_classify
 from itjax.eval.report import write_report
 
@@ -25,9 +28,22 @@ log = logging.getLogger("itjax")
 
 
 @gin.configurable
-def eval_settings(batch_size: int = 64, max_new_tokens: int = 32, max_examples_per_task: int | None = None) -> dict:
-  """How much to evaluate and how: rows per decode batch, generation budget, per-task cap."""
-  return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_per_task": max_examples_per_task}
+def eval_settings(batch_size: int = 64, max_new_tokens: int = 32, max_examples_per_task: int | None = None,
+                  split: str = EVAL_SPLIT, selection_split: str | None = None,
+                  decontamination_examples_per_task: int | None = 200) -> dict:
+  """How much to evaluate and how.
+
+  batch_size: rows per decode/scoring batch; max_new_tokens: generation budget;
+  max_examples_per_task: cap on source examples per task (each rendered with every template).
+  split: the split whose scores are reported; selection_split: the dev split on which each dataset's
+    best template is chosen (FLAN's protocol: e.g. split="test", selection_split="validation");
+    None chooses it on `split` itself (reported as an oracle choice).
+  decontamination_examples_per_task: training examples per task scanned for 13-gram overlap with each
+    eval set when the training mixture is known (counts go into the report); None or 0: no scan.
+  """
+  return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_per_task": max_examples_per_task,
+          "split": split, "selection_split": selection_split,
+          "decontamination_per_task": decontamination_examples_per_task}
 
 
 def score_rows(rows: list[dict], generations: list[str], ranked: list[dict | None]) -> dict[str, list]:
@@ -43,27 +59,79 @@ def score_rows(rows: list[dict], generations: list[str], ranked: list[dict | Non
   return {"exact_match": em, "rank_accuracy": acc, "rank_accuracy_norm": norm}
 
 
+def _check_split(mixture: str, split: str) -> None:
+  for task in leaf_tasks(mixture):
+    if split not in task.splits:
+      raise UserError(f"eval_settings: task {task.name!r} (in {mixture!r}) has no {split!r} split; "
+                      f"it has {sorted(task.splits)}")
+
+
+def _predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules):
+  outputs, scores = {}, {}
+  for ck, params in params_by_name.items():
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
+      gens = predict(model, params, rows, vocab, batch_size=settings["batch_size"],
+                     max_new_tokens=settings["max_new_tokens"])
+      ranked = rank_classify(model, params, rows, vocab, batch_size=settings["batch_size"])
+    outputs[ck] = [{"prediction": g, **(k or {})} for g, k in zip(gens, ranked, strict=True)]
+    for metric, per_row in score_rows(rows, gens, ranked).items():
+      scores.setdefault(metric, {})[ck] = per_row
+  return outputs, scores
+
+
+def contamination_counts(train_mixture: str, eval_mixtures: Mapping[str, str], max_per_task: int) -> dict:
+  """Per eval set: training examples (the first `max_per_task` of each task) sharing a 13-gram with it."""
+  out = {}
+  for set_name, mixture in eval_mixtures.items():
+    res = scan(train_mixture, [mixture], max_per_task=max_per_task)
+    out[set_name] = {"eval": mixture, "train_examples_scanned": res["totals"]["examples"],
+                     "contaminated": res["totals"]["contaminated"], "eval_ngrams": res["eval_ngrams"],
+                     "max_examples_per_task": max_per_task}
+  return out
+
+
+def _contamination_notes(train_mixture: str, counts: Mapping[str, dict]) -> list[str]:
+  lines = ["", f"Decontamination (13-gram overlap, as GPT-3 / lm-eval) of the training mixture `{train_mixture}` "
+               "against each eval set:", ""]
+  for set_name, c in counts.items():
+    pct = 100.0 * c["contaminated"] / max(c["train_examples_scanned"], 1)
+    lines.append(f"- {set_name} (`{c['eval']}`): {c['contaminated']} of {c['train_examples_scanned']} training "
+                 f"examples scanned ({pct:.1f}%; the first {c['max_examples_per_task']} of each task) share a "
+                 f"13-gram with it")
+  return lines
+
+
 def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping[str, str],
              task_feature_lengths: Mapping[str, int], out_dir: str, *, mesh=None, rules=(),
-             title: str = "evaluation") -> tuple[dict, str]:
-  """Generates with, and rank-classifies by, every checkpoint on every eval mixture; writes the report."""
+             title: str = "evaluation", train_mixture: str | None = None) -> tuple[dict, str]:
+  """Generates with, and rank-classifies by, every checkpoint on every eval mixture; writes the report.
+
+  With `selection_split` set (eval_settings), the dev split is evaluated too and picks each dataset's
+  best template; with `train_mixture`, the report states its contamination counts against each set.
+  """
   settings = eval_settings()
   vocab = default_vocabulary()
-  sets = {}
+  split, selection_split = settings["split"], settings["selection_split"]
+  sets, selections = {}, {}
   for set_name, mixture in eval_mixtures.items():
-    rows = eval_examples(mixture, task_feature_lengths, settings["max_per_task"])
-    outputs, scores = {}, {}
-    for ck, params in params_by_name.items():
-      with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
-        gens = predict(model, params, rows, vocab, batch_size=settings["batch_size"],
-                       max_new_tokens=settings["max_new_tokens"])
-        ranked = rank_classify(model, params, rows, vocab, batch_size=settings["batch_size"])
-      outputs[ck] = [{"prediction": g, **(k or {})} for g, k in zip(gens, ranked, strict=True)]
-      for metric, per_row in score_rows(rows, gens, ranked).items():
-        scores.setdefault(metric, {})[ck] = per_row
-    sets[set_name] = (rows, outputs, scores)
-  extra = {"eval_mixtures": dict(eval_mixtures)}
-  summary, md = write_report(out_dir, sets, title, extra) if jax.process_index() == 0 else ({}, "")
+    for s in {split, selection_split} - {None}:
+      _check_split(mixture, s)
+    rows = eval_examples(mixture, task_feature_lengths, settings["max_per_task"], split=split)
+    sets[set_name] = (rows, *_predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules))
+    if selection_split and selection_split != split:
+      dev = eval_examples(mixture, task_feature_lengths, settings["max_per_task"], split=selection_split)
+      _, dev_scores = _predict_and_score(model, params_by_name, dev, vocab, settings, mesh, rules)
+      selections[set_name] = (f"best template chosen on the {selection_split} split, reported on the {split} split",
+                              dev, dev_scores)
+  extra = {"eval_mixtures": dict(eval_mixtures), "split": split, "selection_split": selection_split}
+  notes: list[str] = []
+  if train_mixture and settings["decontamination_per_task"] and jax.process_index() == 0:
+    extra["train_mixture"] = train_mixture
+    extra["decontamination"] = contamination_counts(train_mixture, eval_mixtures,
+                                                    settings["decontamination_per_task"])
+    notes = _contamination_notes(train_mixture, extra["decontamination"])
+  summary, md = (write_report(out_dir, sets, title, extra, selections, notes) if jax.process_index() == 0
+                 else ({}, ""))
   if md:
     print(md.split("\n## ")[0])
     print(f"report: {out_dir}/report.md (per dataset and per template), report.json, predictions.jsonl")
@@ -73,14 +141,19 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
 @gin.configurable
 def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_mixtures: Mapping[str, str] = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED, output_dir: str | None = None,
-             name: str = "eval", base_checkpoint_path: str | None = None) -> dict:
-  """`itjax eval`: scores a checkpoint (and optionally a base one beside it) on eval mixtures."""
+             name: str = "eval", base_checkpoint_path: str | None = None,
+             train_mixture: str | None = None) -> dict:
+  """`itjax eval`: scores a checkpoint (and optionally a base one beside it) on eval mixtures.
+
+  train_mixture: the mixture the checkpoint was tuned on; the report then states its decontamination
+  counts against each eval set.
+  """
   from itjax.data.registry import require_task
   from itjax.models.config_io import find_model_dir
   from itjax.train import partitioning
   from itjax.train.checkpoints import load_model
 
-  for mixture in eval_mixtures.values():
+  for mixture in [*eval_mixtures.values(), *([train_mixture] if train_mixture else [])]:
     require_task(mixture)
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
   params_by_name = {}
@@ -89,5 +162,5 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_mixtures: Mapping[str,
   model, params_by_name["tuned" if base_checkpoint_path else "checkpoint"] = load_model(checkpoint_path, mesh, rules)
   out_dir = output_dir or os.path.join(find_model_dir(checkpoint_path), "eval", name)
   summary, _ = run_eval(model, params_by_name, eval_mixtures, task_feature_lengths, out_dir, mesh=mesh, rules=rules,
-                        title=f"{checkpoint_path}: zero-shot evaluation")
+                        title=f"{checkpoint_path}: zero-shot evaluation", train_mixture=train_mixture)
   return summary

@@ -40,33 +40,59 @@ def _best(values: Sequence[float | None]) -> float | None:
   return max((v for v in values if v is not None), default=None)
 
 
-def summarize_set(rows: Sequence[dict], scores: RowScores) -> dict:
-  """{"overall", "clusters", "datasets", "templates"}, each with scores[metric][checkpoint]."""
+def _template_scores(rows: Sequence[dict], scores: RowScores) -> dict[tuple, dict]:
+  """(cluster, dataset, template) -> {"n", "scores": metric -> checkpoint -> mean %}."""
   by_template: dict[tuple, list[int]] = defaultdict(list)
   for i, r in enumerate(rows):
     by_template[(r["cluster"], r["dataset"], r["template_id"])].append(i)
+  return {key: {"n": len(idx), "scores": {m: {ck: _mean([v[i] for i in idx]) for ck, v in cks.items()}
+                                          for m, cks in scores.items()}}
+          for key, idx in sorted(by_template.items())}
 
-  def table(fn):
-    return {m: {ck: fn(per_row) for ck, per_row in cks.items()} for m, cks in scores.items()}
 
-  templates = [{"cluster": c, "dataset": d, "template": t, "n": len(idx),
-                "scores": table(lambda v, idx=idx: _mean([v[i] for i in idx]))}
-               for (c, d, t), idx in sorted(by_template.items())]
+def _pick(candidates: Mapping[int, float | None]) -> int | None:
+  """The template with the highest score (the lowest id among ties); None when no template has one."""
+  scored = [(v, -t) for t, v in candidates.items() if v is not None]
+  return -max(scored)[1] if scored else None
+
+
+def summarize_set(rows: Sequence[dict], scores: RowScores,
+                  selection: tuple[Sequence[dict], RowScores] | None = None) -> dict:
+  """{"overall", "clusters", "datasets", "templates"}, each with scores[metric][checkpoint].
+
+  Per dataset, "best_template" is FLAN's best-template score: the template is chosen per metric and
+  checkpoint on `selection` (rows and scores of the dev split) and its score on `rows` is reported;
+  without `selection` it is chosen on `rows` themselves (an optimistic, oracle choice).
+  """
+  per_template = _template_scores(rows, scores)
+  chosen_on = _template_scores(*selection) if selection else per_template
+  templates = [{"cluster": c, "dataset": d, "template": t, **v} for (c, d, t), v in per_template.items()]
   datasets = []
   for c, d in sorted({(t["cluster"], t["dataset"]) for t in templates}):
     ts = [t for t in templates if t["dataset"] == d]
-    per_template = {m: {ck: [t["scores"][m][ck] for t in ts] for ck in cks} for m, cks in scores.items()}
+    best, best_id = {}, {}
+    for m, cks in scores.items():
+      best[m], best_id[m] = {}, {}
+      for ck in cks:
+        pick = _pick({t["template"]: chosen_on.get((c, d, t["template"]), {}).get("scores", {}).get(m, {}).get(ck)
+                      for t in ts})
+        best_id[m][ck] = pick
+        best[m][ck] = next((t["scores"][m][ck] for t in ts if t["template"] == pick), None)
     datasets.append({"cluster": c, "dataset": d, "n": sum(t["n"] for t in ts), "templates": len(ts),
-                     "scores": {m: {ck: _avg(v) for ck, v in cks.items()} for m, cks in per_template.items()},
-                     "best_template": {m: {ck: _best(v) for ck, v in cks.items()} for m, cks in per_template.items()}})
+                     "scores": {m: {ck: _avg([t["scores"][m][ck] for t in ts]) for ck in cks}
+                                for m, cks in scores.items()},
+                     "best_template": best, "best_template_id": best_id})
   clusters = []
   for c in sorted({d["cluster"] for d in datasets}):
     ds = [d for d in datasets if d["cluster"] == c]
     clusters.append({"cluster": c, "datasets": len(ds),
-                     "scores": {m: {ck: _avg([d["scores"][m][ck] for d in ds]) for ck in cks}
-                                for m, cks in scores.items()}})
+                     **{key: {m: {ck: _avg([d[key][m][ck] for d in ds]) for ck in cks} for m, cks in scores.items()}
+                        for key in ("scores", "best_template")}})
   overall = {m: {ck: _avg([c["scores"][m][ck] for c in clusters]) for ck in cks} for m, cks in scores.items()}
-  return {"overall": overall, "clusters": clusters, "datasets": datasets, "templates": templates}
+  overall_best = {m: {ck: _avg([c["best_template"][m][ck] for c in clusters]) for ck in cks}
+                  for m, cks in scores.items()}
+  return {"overall": overall, "overall_best_template": overall_best, "clusters": clusters, "datasets": datasets,
+          "templates": templates}
 
 
 def _fmt(v) -> str:
@@ -81,7 +107,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   return "\n".join(lines)
 
 
-def markdown(summary: Mapping[str, dict], metrics: Sequence[str], checkpoints: Sequence[str], title: str) -> str:
+def markdown(summary: Mapping[str, dict], metrics: Sequence[str], checkpoints: Sequence[str], title: str,
+             notes: Sequence[str] = ()) -> str:
   cks = list(checkpoints)
   cols = [(m, ck) for m in metrics for ck in cks]
   head = [f"{m} {ck}" for m, ck in cols]
@@ -92,10 +119,21 @@ def markdown(summary: Mapping[str, dict], metrics: Sequence[str], checkpoints: S
                       [[s, c["cluster"], c["datasets"]] + [c["scores"][m][ck] for m, ck in cols]
                        for s, v in summary.items() for c in v["clusters"]]
                       + [[s, "**mean**", ""] + [v["overall"][m][ck] for m, ck in cols] for s, v in summary.items()]))
-  parts += ["", "## Per dataset (mean over templates; best template in the second block)", ""]
-  parts.append(_table(["set", "cluster", "dataset", "n", "templates"] + head + [f"best {h}" for h in head],
+  parts += list(notes)
+  parts += ["", "## Best template per cluster (chosen per dataset as the set's `selection` line says)", ""]
+  parts += [f"- {s}: {v.get('selection', 'best template chosen on the reported split itself (oracle)')}"
+            for s, v in summary.items()] + [""]
+  parts.append(_table(["set", "cluster", "datasets"] + head,
+                      [[s, c["cluster"], c["datasets"]] + [c["best_template"][m][ck] for m, ck in cols]
+                       for s, v in summary.items() for c in v["clusters"]]
+                      + [[s, "**mean**", ""] + [v["overall_best_template"][m][ck] for m, ck in cols]
+                         for s, v in summary.items()]))
+  parts += ["", "## Per dataset (mean over templates; then the best template's score and id)", ""]
+  parts.append(_table(["set", "cluster", "dataset", "n", "templates"] + head + [f"best {h}" for h in head]
+                      + [f"best id {h}" for h in head],
                       [[s, d["cluster"], d["dataset"], d["n"], d["templates"]]
                        + [d["scores"][m][ck] for m, ck in cols] + [d["best_template"][m][ck] for m, ck in cols]
+                       + [d["best_template_id"][m][ck] for m, ck in cols]
                        for s, v in summary.items() for d in v["datasets"]]))
   parts += ["", "## Per template", ""]
   parts.append(_table(["set", "dataset", "template", "n"] + head,
@@ -105,18 +143,27 @@ def markdown(summary: Mapping[str, dict], metrics: Sequence[str], checkpoints: S
 
 
 def write_report(out_dir: str, sets: Mapping[str, tuple[list[dict], Mapping[str, list[dict]], RowScores]],
-                 title: str, extra: Mapping | None = None) -> tuple[dict, str]:
+                 title: str, extra: Mapping | None = None,
+                 selections: Mapping[str, tuple[str, Sequence[dict], RowScores]] | None = None,
+                 notes: Sequence[str] = ()) -> tuple[dict, str]:
   """Writes report.json, report.md and predictions.jsonl; returns (summary, markdown).
 
   `sets[name] = (rows, outputs, scores)`: eval rows, per-checkpoint per-row
   outputs (prediction text, chosen option, ...) and per-row metric scores.
+  `selections[name] = (description, rows, scores)`: the dev split that picks each dataset's best template.
+  `notes`: Markdown lines shown under the main table (e.g. decontamination counts).
   """
   os.makedirs(out_dir, exist_ok=True)
-  summary = {name: summarize_set(rows, scores) for name, (rows, _, scores) in sets.items()}
+  summary = {}
+  for name, (rows, _, scores) in sets.items():
+    sel = (selections or {}).get(name)
+    summary[name] = summarize_set(rows, scores, sel[1:] if sel else None)
+    if sel:
+      summary[name]["selection"] = sel[0]
   first = next(iter(sets.values()), None)
   checkpoints = list(first[1]) if first else []
   metrics = [m for m in METRIC_TITLES if any(m in sc for _, _, sc in sets.values())]
-  md = markdown(summary, metrics, checkpoints, title)
+  md = markdown(summary, metrics, checkpoints, title, notes)
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump({"title": title, "metrics": metrics, "checkpoints": checkpoints, **(extra or {}), "sets": summary}, f,
               indent=1)

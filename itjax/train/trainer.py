@@ -303,7 +303,7 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
       init = init_params(model, jax.random.key(seed), example, shardings.params)
     run_eval(model, {"init": init, f"step_{step}": state.params}, eval_mixtures,
              task_feature_lengths, os.path.join(model_dir, "eval", "heldout"), mesh=mesh, rules=rules,
-             title=f"{mixture_or_task_name}: zero-shot evaluation")
+             title=f"{mixture_or_task_name}: zero-shot evaluation", train_mixture=mixture_or_task_name)
   return {"step": step, **loop.metrics}
 
 
