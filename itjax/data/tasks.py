@@ -19,7 +19,7 @@ import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
-from itjax.data.vocab import default_vocabulary
+from itjax.data.vocab import TASK_VOCABULARY
 
 TRAIN_SPLIT = "train"
 EXEMPLAR_SEED = 4321
@@ -49,7 +49,7 @@ TASK_INFO: dict[str, TaskInfo] = {}
 
 
 def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
-  vocab = vocabulary or default_vocabulary()
+  vocab = vocabulary or TASK_VOCABULARY
   return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
 
 

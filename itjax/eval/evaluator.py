@@ -18,7 +18,7 @@ import jax
 from itjax.data.quality import scan
 from itjax.data.registry import leaf_tasks
 from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
-from itjax.data.vocab import default_vocabulary
+from itjax.data.vocab import default_vocabulary, use_model_dir_vocabulary
 from itjax.errors import UserError
 from itjax.eval.generate import EVAL_SPLIT, eval_examples, predict
 from itjax.eval.rank import rank_classify
@@ -155,6 +155,7 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_mixtures: Mapping[str,
 
   for mixture in [*eval_mixtures.values(), *([train_mixture] if train_mixture else [])]:
     require_task(mixture)
+  use_model_dir_vocabulary(find_model_dir(checkpoint_path))
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
   params_by_name = {}
   if base_checkpoint_path:

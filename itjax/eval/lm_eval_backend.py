@@ -41,7 +41,8 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from itjax.data.vocab import default_vocabulary
+from itjax.data.vocab import default_vocabulary, load_vocabulary, model_dir_tokenizer
+from itjax.models.config_io import find_model_dir
 from itjax.models.interface import interface_for
 
 log = logging.getLogger("itjax")
@@ -53,13 +54,16 @@ Pair = tuple[list[int], list[int]]
 
 
 def resolve_vocabulary(vocabulary: seqio.Vocabulary | str | None) -> seqio.Vocabulary:
-  """The vocabulary hook: None or "byte" -> itjax's byte vocabulary; a *.model path -> SentencePiece."""
-  if vocabulary is None or vocabulary in ("byte", "bytes"):
+  """The vocabulary hook: None -> the configured one (bytes by default), "byte" -> bytes; a path -> a
+  SentencePiece model, an HF tokenizer.json, or a directory holding one."""
+  if vocabulary is None:
     return default_vocabulary()
+  if vocabulary in ("byte", "bytes"):
+    return load_vocabulary(None)
   if isinstance(vocabulary, seqio.Vocabulary):
     return vocabulary
   if isinstance(vocabulary, str):
-    return seqio.SentencePieceVocabulary(vocabulary)
+    return load_vocabulary(vocabulary)
   raise TypeError(f"vocabulary: expected a seqio.Vocabulary, 'byte' or a SentencePiece model path, got {vocabulary!r}")
 
 
@@ -93,6 +97,8 @@ class ItjaxLM(LM):
       mesh = mesh if mesh is not None else partitioning.create_mesh()
       rules = rules if rules is not None else partitioning.logical_axis_rules()
       model, params = load_model(pretrained, mesh, rules)
+      if vocabulary is None:  # the tokenizer `itjax convert` / `itjax train` stored beside the checkpoints
+        vocabulary = model_dir_tokenizer(find_model_dir(pretrained))
     elif model is None or params is None:
       raise ValueError("the itjax backend needs pretrained=MODEL_DIR, or model and params")
     self.model, self.params = model, params

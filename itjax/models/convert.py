@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from itjax.data.vocab import copy_tokenizer_files
 from itjax.errors import UserError
 from itjax.models import hf_llama, hf_t5
-from itjax.models.config_io import build_model, example_inputs, load_model_config, save_model_config
+from itjax.models.config_io import build_model, example_inputs, find_model_dir, load_model_config, save_model_config
 from itjax.models.t5 import T5Config
 
 T5_MODEL_TYPES = ("t5",)
@@ -59,8 +60,10 @@ def import_hf(hf_dir: str, output: str) -> None:
             force=True)
   ckpt.wait()
   ckpt.close()
+  copied = copy_tokenizer_files(hf_dir, output)
   n = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  print(f"imported {hf_dir} ({model_type}, {n:,} parameters) -> {output}")
+  tok = f"; tokenizer files: {', '.join(copied)}" if copied else "; no tokenizer files found"
+  print(f"imported {hf_dir} ({model_type}, {n:,} parameters) -> {output}{tok}")
 
 
 def load_params(checkpoint: str, cfg: Any, mesh, rules) -> Any:
@@ -98,4 +101,5 @@ def export_hf(checkpoint: str, hf_dir: str, model_type: str | None = None, dtype
   else:
     model_type = model_type or "llama"
     hf_llama.save_hf_dir(cfg, params, hf_dir, model_type=model_type, dtype=dtype)
+  copy_tokenizer_files(find_model_dir(checkpoint), hf_dir)
   print(f"exported {checkpoint} -> {hf_dir} (model_type={model_type}, dtype={dtype})")

@@ -29,13 +29,17 @@ import gin
 import jax
 import numpy as np
 
+from itjax.data import vocab
 from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.registry import require_task
 from itjax.errors import UserError
 from itjax.eval.evaluator import run_eval
 from itjax.eval.report import METRIC_TITLES
-from itjax.models.config_io import ModelConfig, build_model, save_model_config
+from itjax.models.config_io import ModelConfig, build_model, find_model_dir, save_model_config
 from itjax.models.interface import interface_for
+from itjax.models.peft_hooks import PeftConfig
+from itjax.peft import state as peft_state
+from itjax.peft.method import check_targets, combine, with_peft
 from itjax.train import partitioning, perf
 from itjax.train.checkpoints import Checkpointer, restore_params
 from itjax.train.distributed import initialize_distributed
@@ -171,7 +175,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: str | None = None, eval_mixtures: Mapping[str, str] | None = None,
           eval_period: int | None = None, best_checkpoint_metric: str | None = None,
           best_checkpoint_mode: str = "max", keep_best_checkpoints: int = 1,
-          peak_flops_per_device: float | None = None, evaluate_at_end: bool = True) -> dict:
+          peak_flops_per_device: float | None = None, peft: PeftConfig | None = None,
+          evaluate_at_end: bool = True) -> dict:
   """Trains until `train_steps` (total, counting resumed steps); returns the last metrics.
 
   model_config: a `DecoderConfig` (decoder-only, PrefixLM features) or a `T5Config` (encoder-decoder,
@@ -185,6 +190,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   data_shards: how many pieces each global batch is read in (default: the process count, or the resumed
     checkpoint's); each process reads data_shards / process_count of them.
   peak_flops_per_device: for the `mfu` metric; default: known TPU/GPU peaks, no MFU on CPU.
+  peft: parameter-efficient tuning (`@lora()`, `@prefix_tuning()`, `@adapters()`; see itjax.peft): only
+    the method's variables train and are checkpointed; the frozen base comes from INITIAL_CHECKPOINT_PATH
+    (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.
   """
   args = dict(locals())
   with _Preemption(multiprocess=initialize_distributed()) as preempt:
@@ -194,7 +202,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config, seed,
            pack, log_every, checkpoint_period, keep_checkpoints, num_microbatches, z_loss, label_smoothing,
            loss_normalizing_factor, data_shards, initial_checkpoint_path, eval_mixtures, eval_period,
-           best_checkpoint_metric, best_checkpoint_mode, keep_best_checkpoints, peak_flops_per_device,
+           best_checkpoint_metric, best_checkpoint_mode, keep_best_checkpoints, peak_flops_per_device, peft,
            evaluate_at_end, preempt: _Preemption) -> dict:
   require_task(mixture_or_task_name)
   for name in (eval_mixtures or {}).values():
@@ -204,10 +212,18 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
                     f"and train.num_microbatches ({num_microbatches})")
   loss_normalizing_factor = check_loss_normalizing_factor(loss_normalizing_factor)
   _check_best_metric(best_checkpoint_metric, eval_mixtures, eval_period)
+  if peft is not None:  # model_config.json then records the method: eval/infer/convert rebuild the PEFT model
+    model_config = with_peft(model_config, peft)
+    check_targets(model_config, peft)
   model_dir = os.path.abspath(model_dir)
   os.makedirs(model_dir, exist_ok=True)
+  # The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was converted with.
+  vocab.use_model_dir_vocabulary(find_model_dir(initial_checkpoint_path) if initial_checkpoint_path else None)
+  vocab.check_vocabulary_fits(model_config.vocab_size, "MODEL")
   if jax.process_index() == 0:
     save_model_config(model_dir, model_config)
+    if vocab.active_path():  # eval/infer/export of this MODEL_DIR find the tokenizer beside the checkpoints
+      vocab.copy_tokenizer_files(os.path.dirname(vocab.active_path()), model_dir, vocab.active_path())
 
   mesh = partitioning.create_mesh()
   rules = partitioning.logical_axis_rules()
@@ -215,7 +231,11 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
   iface = interface_for(model)
   optimizer, schedule = make_optimizer()
   example = iface.example_inputs(task_feature_lengths)
-  state, shardings = create_train_state(model, optimizer, mesh, rules, jax.random.key(seed), example)
+  if peft is None:
+    state, shardings = create_train_state(model, optimizer, mesh, rules, jax.random.key(seed), example)
+  else:  # the trainable PEFT variables only; the frozen base is loaded once its reference is known
+    state, shardings = peft_state.create_state(model_config, optimizer, mesh, rules, jax.random.key(seed))
+  base_ref = peft_state.base_reference(initial_checkpoint_path, seed)
   ckpt = Checkpointer(model_dir, period=checkpoint_period, keep=keep_checkpoints,
                       best_metric=best_checkpoint_metric, best_mode=best_checkpoint_mode,
                       keep_best=keep_best_checkpoints)
@@ -224,35 +244,48 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
     start = ckpt.latest_step()
     saved_shards = None
     if start is not None:
-      state, meta = ckpt.restore(start, abstract_state(model, optimizer, example, shardings))
+      abstract = (abstract_state(model, optimizer, example, shardings) if peft is None
+                  else peft_state.abstract_state(model_config, optimizer, shardings))
+      state, meta = ckpt.restore(start, abstract)
+      base_ref = meta.get(peft_state.BASE_META, base_ref)  # PEFT: the base this run started from
       start_batch, saved_shards = meta["data"]["batches"], meta["data"].get("shards")
       log.info("resumed from step %d (data position %d batches)", start, start_batch)
     else:
       start, start_batch = 0, 0
-      if initial_checkpoint_path:
+      if initial_checkpoint_path and peft is None:
         params = restore_params(initial_checkpoint_path, jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.params, shardings.params))
         state = state.replace(params=params,
                               opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
         log.info("fine-tuning from %s", initial_checkpoint_path)
     data_shards = _resolve_data_shards(data_shards, saved_shards, batch_size)
-    if jax.process_index() == 0:
+    # PEFT: the frozen base, a separate (sharded, never donated) argument of the step; else nothing.
+    frozen_shardings = () if peft is None else (peft_state.base_shardings(model_config, mesh, rules),)
+    frozen = () if peft is None else (peft_state.load_base(model_config, base_ref, mesh, rules),)
+    full_params = (lambda p: p) if peft is None else functools.partial(combine, frozen[0])
+    if jax.process_index() == 0 and peft is None:
       write_model_info(os.path.join(model_dir, "model-info.txt"), state, shardings, model, optimizer, example)
+    elif jax.process_index() == 0:
+      peft_state.write_model_info(os.path.join(model_dir, "model-info.txt"), model_config, optimizer, state,
+                                  shardings, frozen[0], frozen_shardings[0])
 
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     step_fn = jax.jit(
         functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
                           num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing,
                           loss_normalizing_factor=loss_normalizing_factor,
-                          dropout_seed=seed if getattr(model_config, "dropout_rate", 0.0) > 0 else None),
-        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
+                          dropout_seed=seed if (getattr(model_config, "dropout_rate", 0.0) > 0
+                                                or (peft is not None and peft.lora_dropout > 0)) else None),
+        in_shardings=(shardings, batch_sharding, *frozen_shardings), out_shardings=(shardings, None),
+        donate_argnums=(0,))
     batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
                            data_shards=data_shards, pack=pack, start_batch=start_batch,
                            encoder_decoder=iface.encoder_decoder)
     loop = _Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, train_steps, start),
                  start=start, start_batch=start_batch, seed=seed, data_shards=data_shards,
+                 meta={} if peft is None else {peft_state.BASE_META: base_ref},
                  # Enc-dec: each token passes through about half the parameters (its stack's).
-                 num_params=perf.count_params(state.params) // (2 if iface.encoder_decoder else 1),
+                 num_params=perf.count_params((state.params, frozen)) // (2 if iface.encoder_decoder else 1),
                  peak_flops=peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
     evaluate = None
     if eval_period and eval_mixtures:
@@ -270,7 +303,7 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
         local = next(batches)
         tokens = float(sum(np.sum(local[k] > 0) for k in ("encoder_input_tokens", "decoder_target_tokens")
                            if k in local)) * jax.process_count()
-        state, m = step_fn(state, _global_batch(local, batch_sharding))
+        state, m = step_fn(state, _global_batch(local, batch_sharding), *frozen)
         step += 1
         loop.stepped(step, m, tokens)
         if step == start + 1:
@@ -281,7 +314,7 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
         if evaluate is not None and (step % eval_period == 0 or step == train_steps):
           loop.verify()
           t0 = time.time()
-          eval_metrics = evaluate(step, state.params)
+          eval_metrics = evaluate(step, full_params(state.params))
           loop.write_eval(step, eval_metrics, time.time() - t0)
         loop.checkpoint(step, state, force=eval_metrics is not None and bool(best_checkpoint_metric),
                         metrics=eval_metrics)
@@ -300,8 +333,9 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
   write_operative_config(model_dir)
   if evaluate_at_end and eval_mixtures and not preempt.requested and step >= train_steps:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      init = init_params(model, jax.random.key(seed), example, shardings.params)
-    run_eval(model, {"init": init, f"step_{step}": state.params}, eval_mixtures,
+      init = (init_params(model, jax.random.key(seed), example, shardings.params) if peft is None
+              else peft_state.initial_params(model_config, frozen[0], shardings, jax.random.key(seed)))
+    run_eval(model, {"init": init, f"step_{step}": full_params(state.params)}, eval_mixtures,
              task_feature_lengths, os.path.join(model_dir, "eval", "heldout"), mesh=mesh, rules=rules,
              title=f"{mixture_or_task_name}: zero-shot evaluation", train_mixture=mixture_or_task_name)
   return {"step": step, **loop.metrics}
@@ -311,8 +345,9 @@ class _Loop:
   """The loop's bookkeeping: metric windows, timing, the finiteness guard and checkpoint metadata."""
 
   def __init__(self, *, model_dir: str, ckpt: Checkpointer, writer: MetricsWriter, start: int, start_batch: int,
-               seed: int, data_shards: int, num_params: int, peak_flops: float | None):
+               seed: int, data_shards: int, num_params: int, peak_flops: float | None, meta: dict | None = None):
     self.model_dir, self.ckpt, self.writer = model_dir, ckpt, writer
+    self.meta = meta or {}  # extra checkpoint metadata (PEFT: the base reference)
     self.start, self.start_batch, self.seed, self.data_shards = start, start_batch, seed, data_shards
     self.num_params, self.peak_flops = num_params, peak_flops
     self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet logged
@@ -381,5 +416,5 @@ class _Loop:
       return
     self.verify()
     self.ckpt.save(step, state, {"data": {"batches": self.start_batch + step - self.start,
-                                          "shards": self.data_shards}, "seed": self.seed},
+                                          "shards": self.data_shards}, "seed": self.seed, **self.meta},
                    force=force, metrics=metrics)
