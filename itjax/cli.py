@@ -5,6 +5,7 @@
     itjax infer   --gin_file=F ... --input TEXT [--input TEXT] [--input_file FILE]
     itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT] | quality NAME --against EVAL ...
     itjax convert --from_hf HF_DIR --output DIR | --to_hf OUT_DIR --checkpoint DIR [--model_type llama]
+    itjax compile --gin_file=F ... [--topology v5p-128] [--per_device_hbm_gib G]   (train step, ahead of time)
 
 A user mistake prints one line (`itjax: error: ...`) and exits with status 2.
 """
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = _gin_parser("infer", sub, "generate from a checkpoint (gin entry point: infer)")
   p.add_argument("--input", action="append", default=[], help="an input text (repeatable)")
   p.add_argument("--input_file", default=None, help="a file with one input per line")
+  k = _gin_parser("compile", sub, "compile the train step ahead of time and report per-device memory")
+  k.add_argument("--topology", default=None, help="target TPU slice, e.g. v4-32, v5p-128, v5e-16 (needs libtpu: "
+                 "pip install -e '.[tpu]'); default: the local devices")
+  k.add_argument("--num_slices", type=int, default=1, help="multislice: this many slices of --topology")
+  k.add_argument("--per_device_hbm_gib", type=float, default=None, help="device memory to check against "
+                 "(default: the device's, or the known HBM of its TPU generation)")
+  k.add_argument("--json", default=None, help="also write the memory report as JSON here")
   t = sub.add_parser("tasks", help="list tasks and mixtures; show formatted examples")
   t.add_argument("--tasks_module", action="append", default=[])
   tsub = t.add_subparsers(dest="tasks_command", required=True)
@@ -141,6 +149,15 @@ def run(argv: Sequence[str]) -> int:
         raise UserError("itjax infer: give --input TEXT or --input_file FILE")
       for text, out in zip(texts, _call_gin(infer, inputs=texts), strict=True):
         print(f">>> {text}\n{out}\n")
+  elif args.command == "compile":
+    from itjax.train.aot import compile_command
+
+    _load_tasks(args.tasks_module)
+    if not args.model_dir and not any(b.startswith("MODEL_DIR=") for b in bindings):
+      bindings = ["MODEL_DIR='(unused by itjax compile)'"] + bindings  # finetune.gin requires it; nothing is written
+    _setup_gin(args, bindings)
+    return _call_gin(compile_command, topology=args.topology, num_slices=args.num_slices,
+                     per_device_hbm_gib=args.per_device_hbm_gib, json_path=args.json)
   elif args.command == "tasks":
     from itjax.data import inspect_tasks
 

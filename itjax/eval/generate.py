@@ -1,4 +1,9 @@
-"""Zero-shot evaluation by generation: eval examples -> greedy predictions -> scores."""
+"""Zero-shot evaluation by generation: eval examples -> greedy predictions -> scores.
+
+With several processes (`jax.process_count() > 1`) every process holds every eval row and runs the
+same batches: each is one global computation whose rows are spread over all devices (as training
+batches are), and its output is gathered so that every process, process 0 included, has every prediction.
+"""
 
 from __future__ import annotations
 
@@ -57,4 +62,3 @@ def predict(model, params, rows: list[dict], vocab: seqio.Vocabulary, *, batch_s
     out = iface.generate(params, prompts, max_new_tokens=max_new_tokens, eos_id=vocab.eos_id)[: len(chunk)]
     preds += [vocab.decode(strip_eos(o, vocab.eos_id)) for o in out]
   return preds
-

@@ -4,6 +4,9 @@ Every option is scored as a continuation of the prompt (with EOS, so that an
 option that is a prefix of another is not favoured); the prediction is the
 option with the highest total log-likelihood, and, as lm-evaluation-harness's
 acc_norm, the highest log-likelihood per UTF-8 byte.
+
+With several processes, every process runs the same batches: each is one global computation whose
+rows are spread over all devices, and its scores are gathered so that every process has all of them.
 """
 
 from __future__ import annotations

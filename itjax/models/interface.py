@@ -5,6 +5,8 @@ targets in one row, loss on the targets) or a `T5` (encoder-decoder, seqio's Enc
 that the trainer, the evaluator, `itjax infer`, the lm-eval backend and `itjax serve` share one
 code path: the batch -> logits function, generation from prompt token ids, and continuation
 scoring. Prompts here are a task's `inputs` token ids, exactly as the feature converters see them.
+With several processes, every process calls these with the same rows (one global computation
+over all devices) and gets every result back.
 """
 
 from __future__ import annotations
@@ -44,14 +46,15 @@ class DecoderOnly:
 
   def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
     """[batch, length, vocab] float32 logits for a (packed or not) training batch."""
-    del dropout_rng  # the decoder has no dropout
     tokens = batch["decoder_input_tokens"]
     if "decoder_segment_ids" in batch:
       segments, positions = batch["decoder_segment_ids"], batch["decoder_positions"]
     else:
       segments = (batch["decoder_target_tokens"] > 0).astype(jnp.int32)
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    return self.model.apply({"params": params}, tokens, segments, positions)
+    # The decoder itself has no dropout; LoRA's (itjax.peft) acts when a dropout RNG is given.
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.model.apply({"params": params}, tokens, segments, positions, rngs=rngs)
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -63,7 +66,7 @@ class DecoderOnly:
                                    top_k=top_k, top_p=top_p)
     else:
       out = decoding.greedy_decode(self.model, params, tokens, mask, max_new_tokens=max_new_tokens, eos_id=eos_id)
-    return np.asarray(jax.device_get(out))
+    return scoring.to_host(out)
 
   def score(self, params, pairs: Sequence[Pair], *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(sum log p(continuation | prompt), continuation is the greedy one) per pair."""
@@ -103,7 +106,7 @@ class EncoderDecoder:
     else:
       out = enc_dec_decoding.greedy_decode(self.model, params, tokens, mask, max_new_tokens=max_new_tokens,
                                            eos_id=eos_id)
-    return np.asarray(jax.device_get(out))
+    return scoring.to_host(out)
 
   def score(self, params, pairs: Sequence[Pair], *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     return scoring.score_enc_dec_continuations(self.model, params, pairs, batch_size=batch_size)

@@ -20,6 +20,16 @@ from itjax.models.decoder import Decoder
 from itjax.models.t5 import T5
 
 
+def to_host(x) -> np.ndarray:
+  """A jax.Array as numpy on every process; shards held by other processes are gathered (a collective:
+  with several processes, every process must call it, as they all run the same batches)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def _token_scores(logits, targets, weights):
   """(sum of weighted target log-probs, every weighted target is the argmax) per row."""
   logp = jax.nn.log_softmax(logits, axis=-1)
@@ -82,8 +92,8 @@ def _score_batches(row_scores, build, pairs, batch_size: int) -> tuple[np.ndarra
     chunk = list(pairs[i: i + batch_size])
     pad = batch_size - len(chunk)
     s, g = row_scores(*build(chunk + [([1], [1])] * pad))
-    scores.append(np.asarray(s)[: len(chunk)])
-    greedy.append(np.asarray(g)[: len(chunk)])
+    scores.append(to_host(s)[: len(chunk)])
+    greedy.append(to_host(g)[: len(chunk)])
   if not scores:
     return np.zeros(0, np.float32), np.zeros(0, bool)
   return np.concatenate(scores), np.concatenate(greedy)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import logging
 import math
 import os
 import re
@@ -29,8 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from itjax.errors import UserError
-
-log = logging.getLogger("itjax")
 
 GIB = 1024**3
 # HBM per JAX device (a v4/v5p "megacore" chip is one device; a v2/v3 chip is two), by `device_kind`.
@@ -96,14 +93,26 @@ def parse_topology(name: str) -> Topology:
   return Topology(accelerator, f"{prefix}:{'x'.join(map(str, dims))}", chip_config, bounds, wrap)
 
 
+def _local_tpu_chips() -> int:
+  try:
+    from jax._src import hardware_utils  # what JAX itself checks before loading libtpu
+
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0]
+  except Exception:  # a private helper: if it moved, assume a TPU VM and change nothing
+    return 1
+
+
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
   """Compile-only devices of a TPU topology (needs `libtpu`, not TPUs)."""
   from jax.experimental import topologies
 
-  # Off a TPU VM, libtpu looks for the VM's metadata and prints warnings; these answers silence it.
-  fake = {"TPU_ACCELERATOR_TYPE": topology.accelerator_type, "TPU_WORKER_HOSTNAMES": "localhost",
-          "TPU_WORKER_ID": "0"}
-  fake = {k: v for k, v in fake.items() if k not in os.environ}
+  fake = {}
+  if not _local_tpu_chips():
+    # Off a TPU VM, libtpu looks for the VM's metadata and prints warnings (these answers silence it), and
+    # takes a lock meant for TPU chips, which would keep two compiles from running side by side.
+    fake = {"TPU_ACCELERATOR_TYPE": topology.accelerator_type, "TPU_WORKER_HOSTNAMES": "localhost",
+            "TPU_WORKER_ID": "0", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    fake = {k: v for k, v in fake.items() if k not in os.environ}
   os.environ.update(fake)
   try:
     desc = topologies.get_topology_desc(
@@ -171,13 +180,22 @@ def _axes(entry) -> tuple[str, ...]:
   return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+def check_divisible(state) -> None:
+  """Every state array splits evenly over its mesh axes (as `train` needs), else a UserError naming it."""
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
+    for dim, entry in zip(x.shape, spec, strict=True):
+      parts = math.prod(x.sharding.mesh.shape[a] for a in _axes(entry))
+      if dim % parts:
+        raise UserError(f"state{jax.tree_util.keystr(path)} of shape {tuple(x.shape)} does not split evenly over "
+                        f"mesh axes {_axes(entry)} ({parts} devices; mesh {dict(x.sharding.mesh.shape)}): change "
+                        "create_mesh.mesh_shape, logical_axis_rules or that model dimension")
+
+
 def per_device_bytes(tree) -> int:
-  """Bytes of one device's shards of a tree of sharded ShapeDtypeStructs / arrays (the largest shard)."""
-  total = 0
-  for x in jax.tree_util.tree_leaves(tree):
-    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
-    total += math.prod(shape) * np.dtype(x.dtype).itemsize
-  return total
+  """Bytes of one device's shards of a tree of sharded ShapeDtypeStructs (even splits: `check_divisible`)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(tree))
 
 
 def total_bytes(tree) -> int:
@@ -241,6 +259,9 @@ class MemoryReport:
                 f"{'total':<34}{_col(self.total_bytes)}"]
     if self.hbm_bytes is not None:
       lines.append(f"{'device memory (HBM)':<34}{_col(self.hbm_bytes)}")
+    ours = self.params_bytes + self.opt_state_bytes + self.batch_bytes
+    if self.argument_bytes is not None and self.argument_bytes > ours + 64:
+      lines.append("(XLA's arguments exceed the shards' bytes by the padding of small arrays to TPU tiles)")
     lines.append("")
     if self.compile_error is not None:
       lines.append(f"DOES NOT FIT: XLA refused to compile: {self.compile_error}")
@@ -314,6 +335,7 @@ def compile_train_step(*, topology: str | None = None, num_slices: int = 1, per_
   example = iface.example_inputs(s["task_feature_lengths"])
   shardings = partitioning.tree_shardings(state_specs(model, optimizer, example), mesh, rules)
   state = abstract_state(model, optimizer, example, shardings)
+  check_divisible(state)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
   shapes = batch_shapes(s["task_feature_lengths"], batch_size, encoder_decoder=iface.encoder_decoder,
                         pack=bool(s.get("pack", True)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,13 +33,56 @@ def train(model_dir, *extra: str) -> int:
   return main(train_args(model_dir, *extra))
 
 
-def spawn(model_dir, *extra: str, devices: int = 8, env: dict | None = None, log_name: str = "log.txt"):
-  """`python -m itjax.cli train ...` as a subprocess (output in MODEL_DIR/../<log_name>)."""
+def spawn(model_dir, *extra: str, devices: int = 8, env: dict | None = None, log_name: str = "log.txt",
+          record: str | None = None):
+  """`python -m itjax.cli train ...` as a subprocess (output in MODEL_DIR/../<log_name>).
+
+  record: a JSONL file where the run notes the data shards it opens and the rows it reads (`record_reads`).
+  """
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
   os.makedirs(model_dir, exist_ok=True)
   out = open(os.path.join(os.path.dirname(os.path.abspath(model_dir)), log_name), "wb")
-  return subprocess.Popen([sys.executable, "-m", "itjax.cli", *train_args(model_dir, *extra)], cwd=REPO, env=env,
+  entry = ["-m", "itjax.cli"] if record is None else [os.path.abspath(__file__), str(record)]
+  return subprocess.Popen([sys.executable, *entry, *train_args(model_dir, *extra)], cwd=REPO, env=env,
                           stdout=out, stderr=subprocess.STDOUT)
+
+
+def _append(path, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+@contextlib.contextmanager
+def record_reads(path):
+  """While open, `itjax train` in this process appends to `path` each data shard it opens
+  ({"process", "shard_index", "num_shards"}) and each batch of rows it reads ({"process", "rows"}: the
+  decoder target tokens of this process's rows)."""
+  from itjax.train import trainer
+
+  open_dataset, batches = trainer.train_dataset, trainer.host_batches
+
+  def train_dataset(*args, **kwargs):
+    _append(path, {"process": jax.process_index(), "shard_index": kwargs["shard_index"],
+                   "num_shards": kwargs["num_shards"]})
+    return open_dataset(*args, **kwargs)
+
+  def host_batches(*args, **kwargs):
+    for batch in batches(*args, **kwargs):
+      _append(path, {"process": jax.process_index(), "rows": batch["decoder_target_tokens"].tolist()})
+      yield batch
+
+  trainer.train_dataset, trainer.host_batches = train_dataset, host_batches
+  try:
+    yield
+  finally:
+    trainer.train_dataset, trainer.host_batches = open_dataset, batches
+
+
+def read_records(path) -> tuple[list[dict], list[list[list[int]]]]:
+  """(the shards opened, the rows of each batch read) from a `record_reads` file."""
+  with open(path) as f:
+    records = [json.loads(line) for line in f]
+  return [r for r in records if "shard_index" in r], [r["rows"] for r in records if "rows" in r]
 
 
 def wait_for_step(model_dir, proc, step: int, timeout: float = 300) -> int:
@@ -82,3 +126,8 @@ def assert_trees_equal(a, b, atol: float = 0.0) -> None:
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=atol)
     else:
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+if __name__ == "__main__":  # python train_runs.py RECORD_FILE train ARGS...: `itjax ...` that records its reads
+  with record_reads(sys.argv[1]):
+    sys.exit(main(sys.argv[2:]))
