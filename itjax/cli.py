@@ -5,7 +5,10 @@
     itjax infer   --gin_file=F ... --input TEXT [--input TEXT] [--input_file FILE]
     itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT] | quality NAME --against EVAL ...
     itjax convert --from_hf HF_DIR --output DIR | --to_hf OUT_DIR --checkpoint DIR [--model_type llama]
+                  | --to_peft OUT_DIR --checkpoint DIR [--base_model HF_DIR]        (LoRA / prefix adapter)
     itjax compile --gin_file=F ... [--topology v5p-128] [--per_device_hbm_gib G]   (train step, ahead of time)
+    itjax serve   --checkpoint DIR [--port 8000] [--model_name NAME]              (OpenAI-compatible HTTP)
+    itjax data    self_instruct | evol_instruct | distill --teacher_url URL --teacher_model NAME --output_dir DIR ...
 
 A user mistake prints one line (`itjax: error: ...`) and exits with status 2.
 """
@@ -89,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--model_type", default=None,
                  help="HF model_type to export as (llama, mistral, qwen2; t5); default: by architecture")
   c.add_argument("--dtype", default="float32", help="dtype of exported tensors")
+  c.add_argument("--to_peft", help="peft adapter directory (adapter_config.json + adapter_model.safetensors) to "
+                 "write from the checkpoint of a LoRA / prefix-tuning run")
+  c.add_argument("--base_model", default=None, help="with --to_peft: recorded as base_model_name_or_path (e.g. the "
+                 "HF directory exported from the base)")
+  from itjax.serve import server as serve_cli
+  from itjax.synth import commands as data_cli
+
+  serve_cli.add_parser(sub)
+  data_cli.add_parser(sub)
   return parser
 
 
@@ -124,7 +136,7 @@ def run(argv: Sequence[str]) -> int:
 
   bindings, rest = bindings_from_argv(argv)
   args = build_parser().parse_args(rest)
-  if bindings and args.command in ("tasks", "convert"):
+  if bindings and args.command in ("tasks", "convert", "serve", "data"):
     raise UserError(f"`itjax {args.command}` takes no --gin. flags")
   _quiet_libraries()
   if args.command in ("train", "eval", "infer"):
@@ -177,8 +189,23 @@ def run(argv: Sequence[str]) -> int:
       convert.import_hf(args.from_hf, args.output)
     elif args.to_hf and args.checkpoint:
       convert.export_hf(args.checkpoint, args.to_hf, model_type=args.model_type, dtype=args.dtype)
+    elif args.to_peft and args.checkpoint:
+      from itjax.peft.export import export_peft
+
+      export_peft(args.checkpoint, args.to_peft, base_model_name_or_path=args.base_model, dtype=args.dtype)
     else:
-      raise UserError("itjax convert: give --from_hf DIR --output DIR, or --to_hf DIR --checkpoint DIR")
+      raise UserError("itjax convert: give --from_hf DIR --output DIR, --to_hf DIR --checkpoint DIR, "
+                      "or --to_peft DIR --checkpoint DIR")
+  elif args.command == "serve":
+    from itjax.serve import server as serve_cli
+
+    return serve_cli.run(args)
+  elif args.command == "data":
+    from itjax.synth import commands as data_cli
+
+    if args.decontaminate:
+      _load_tasks(args.tasks_module)
+    data_cli.run(args)
   return 0
 
 

@@ -7,7 +7,9 @@ are dropped instead, but counted per reason, logged and kept on the source
 (`source.skipped`, `source.reports`), so nothing disappears silently.
 
 Every format yields the same template fields (`FIELDS`), so any template works
-with any format. Static templates cannot branch on an empty `input`, so the
+with any format (`read_jsonl`). Registered chat tasks are the exception: their source
+yields the turns themselves and `itjax.data.chat` renders them, with loss on every
+assistant turn. Static templates cannot branch on an empty `input`, so the
 source precomputes the input-dependent pieces (`input_block`, `input_clause`,
 ...), which are empty when there is no input.
 
@@ -32,6 +34,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from itjax.data import chat
 from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template
 from itjax.errors import UserError
@@ -73,7 +76,8 @@ ALPACA_VARIATIONS = (
     Template("{instruction}{input_plain}"),
 )
 ALPACA_TEMPLATES = (ALPACA_TEMPLATE, *ALPACA_VARIATIONS)
-# Chat instructions are already rendered "User: ...\nAssistant: ...\nUser: ..." text.
+# For chat read as template fields (`read_jsonl`): the instruction is the rendered "User: ...\nAssistant: ..."
+# history. Registered chat tasks render their turns in `itjax.data.chat` instead.
 CHAT_TEMPLATES = (Template("{instruction}\nAssistant:"),)
 PROMPT_TEMPLATES = (Template("{instruction}"),)
 DEFAULT_TEMPLATES = {"alpaca": ALPACA_TEMPLATES, "dolly": ALPACA_TEMPLATES, "chat": CHAT_TEMPLATES,
@@ -444,16 +448,23 @@ class JsonlSource(seqio.FunctionDataSource):
     if shuffle_files:
       random.Random(seed).shuffle(files)
     fmt, on_error, max_chars = self.fmt, self.on_error, self.max_chars
+    if fmt == "chat":  # structured turns for chat tasks (itjax.data.chat), not template fields
+      fmt, names = "chat_turns", ("answer", chat.ROLES, chat.TEXTS)
+    else:
+      names = (*FIELDS, "answer")
 
-    names = (*FIELDS, "answer")
+    def row(ex):
+      if fmt != "chat_turns":
+        return ex
+      return {"answer": ex[-1].content, chat.ROLES: [t.role for t in ex], chat.TEXTS: [t.content for t in ex]}
 
     def chunks():  # columns of CHUNK rows: from_generator costs per element, so amortize it
       cols = {k: [] for k in names}
       for path in files:
         try:
           for ex in _scan(path, fmt, on_error=on_error, max_chars=max_chars):
-            for k in names:
-              cols[k].append(ex[k])
+            for k, v in row(ex).items():
+              cols[k].append(v)
             if len(cols["answer"]) == CHUNK:
               yield cols
               cols = {k: [] for k in names}
@@ -464,9 +475,15 @@ class JsonlSource(seqio.FunctionDataSource):
 
     def columns():  # + "options": no answer options, shaped [rows, 0] so that unbatch gives [None] like other sources
       for cols in chunks():
+        if fmt == "chat_turns":  # turns padded with "" to the chunk's longest conversation
+          width = max(len(t) for t in cols[chat.ROLES])
+          for k in (chat.ROLES, chat.TEXTS):
+            cols[k] = [t + [""] * (width - len(t)) for t in cols[k]]
         yield {**cols, "options": np.empty((len(cols["answer"]), 0), np.bytes_)}
 
     spec = {k: tf.TensorSpec([None], tf.string) for k in names}
+    if fmt == "chat_turns":
+      spec[chat.ROLES] = spec[chat.TEXTS] = tf.TensorSpec([None, None], tf.string)
     spec["options"] = tf.TensorSpec([None, None], tf.string)
     ds = tf.data.Dataset.from_generator(columns, output_signature=spec).unbatch()
     return ds.map(lambda ex: {**ex, "split": tf.constant(split)})
@@ -484,8 +501,17 @@ def register_jsonl_task(name: str, paths: Mapping[str, Sequence[str | os.PathLik
                         **kwargs: Any) -> list[str]:
   """Registers `<name>_zs_noopt` over JSONL files (default templates per format); returns the task names.
 
-  `kwargs` go to `register_instruction_task` (vocabulary, metric_fns, shuffle_buffer_size).
+  `kwargs` go to `register_instruction_task` (vocabulary, metric_fns, shuffle_buffer_size). Chat
+  files become chat tasks (`itjax.data.chat`: loss on every assistant turn), which take no templates.
   """
   source = jsonl_source(paths, fmt, on_error=on_error, max_chars=max_chars)
+  if fmt == "chat":
+    if templates is not None:
+      raise UserError(f"JSONL task {name!r}: chat tasks render their turns with role labels; templates do not apply "
+                      "(leave templates unset)")
+    unknown = set(kwargs) - {"vocabulary", "metric_fns", "shuffle_buffer_size"}
+    if unknown:
+      raise UserError(f"JSONL task {name!r}: chat tasks take no {', '.join(sorted(unknown))}")
+    return chat.register_chat_task(name, cluster, source, **kwargs)
   return register_instruction_task(name, cluster, source, templates or DEFAULT_TEMPLATES[fmt], fields=FIELDS,
                                    has_options=False, **kwargs)

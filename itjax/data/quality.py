@@ -39,7 +39,8 @@ def ngram_strings(text: str, n: int = N) -> list[str]:
   return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
-def _tf_normalize(text: tf.Tensor) -> tf.Tensor:
+def tf_normalize(text: tf.Tensor) -> tf.Tensor:
+  """In-graph `normalize` (the same result on ASCII text; tf lowercases ASCII letters only)."""
   text = tf.strings.regex_replace(tf.strings.lower(text), f"[{_PUNCT}]", " ")
   return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
 
@@ -71,7 +72,7 @@ class NgramIndex:
 
   def tf_contaminated(self, text: tf.Tensor) -> tf.Tensor:
     """In-graph `contains`, for filtering a tf.data pipeline."""
-    words = tf.strings.split(_tf_normalize(text))
+    words = tf.strings.split(tf_normalize(text))
     hit = tf.constant(False)
     for k in self.lengths:
       runs = tf.strings.ngrams(words, k, separator=" ")

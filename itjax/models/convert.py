@@ -9,6 +9,7 @@ whichever the model directory holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -70,6 +71,10 @@ def load_params(checkpoint: str, cfg: Any, mesh, rules) -> Any:
   """Params of any itjax architecture from a MODEL_DIR / checkpoint, sharded on `mesh` by logical `rules`."""
   from itjax.train.checkpoints import restore_params
 
+  if cfg.peft is not None:  # a PEFT run: its trainable variables on top of the base its checkpoint names
+    from itjax.peft.state import load_peft_params
+
+    return load_peft_params(checkpoint, cfg, mesh, rules)
   model = build_model(cfg)
   boxed = jax.eval_shape(lambda r: model.init(r, *example_inputs(cfg))["params"], jax.random.key(0))
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
@@ -83,6 +88,7 @@ def export_hf(checkpoint: str, hf_dir: str, model_type: str | None = None, dtype
 
   `model_type` picks the HF family of a decoder-only model (llama, mistral, qwen2; default llama). A T5
   model is always exported as t5; "llama" is accepted there too, since it is the CLI's default.
+  A PEFT run (LoRA) is exported with its updates merged into the base weights.
   """
   from itjax.train import partitioning
 
@@ -94,6 +100,10 @@ def export_hf(checkpoint: str, hf_dir: str, model_type: str | None = None, dtype
     raise UserError(f"{checkpoint} holds a decoder-only model; export it as llama, mistral or qwen2")
   mesh = partitioning.create_mesh()
   params = load_params(checkpoint, cfg, mesh, partitioning.logical_axis_rules())
+  if cfg.peft is not None:  # a PEFT run exports merged: LoRA folds into the base (prefixes, adapters refuse)
+    from itjax.peft.lora import merge_lora
+
+    params, cfg = merge_lora(params, cfg.peft), dataclasses.replace(cfg, peft=None)
   params = jax.tree_util.tree_map(np.asarray, jax.device_get(params))
   if is_t5:
     model_type = "t5"

@@ -16,7 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from itjax.models import peft_hooks
 from itjax.models.layers import MlpBlock, RMSNorm, dense_init, resolve_dtype
+from itjax.models.peft_hooks import PeftConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +43,12 @@ class DecoderConfig:
   remat_policy: str = "none"  # none | full | dots_with_no_batch_dims
   scan_layers: bool = False
   max_decode_length: int = 2048
+  peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+    object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
 
   @property
   def compute_dtype(self):
@@ -104,6 +108,7 @@ class Attention(nn.Module):
                                                                          ("embed", head_axis, "kv")),
                           (cfg.emb_dim, heads, cfg.head_dim), pdt)
       y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(dt))
+      y = peft_hooks.lora(self, f"{name}_kernel", 1, cfg.peft)(x, y)
       if cfg.attention_bias:
         bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "kv")),
                           (heads, cfg.head_dim), pdt)
@@ -127,6 +132,7 @@ class Attention(nn.Module):
       causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
       same = segment_ids[:, :, None] == segment_ids[:, None, :]
       mask = (causal[None] & same & (segment_ids[:, None, :] != 0))[:, None]
+    k, v, mask, _ = peft_hooks.prefix(self, k, v, mask, None, "kv_heads", cfg.peft)
 
     # jax.nn.dot_product_attention handles GQA and may pick a fused kernel on GPU.
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5)
@@ -134,7 +140,8 @@ class Attention(nn.Module):
     o_kernel = self.param(
         "o_kernel", nn.with_logical_partitioning(dense_init(cfg.num_heads * cfg.head_dim), ("heads", "kv", "embed")),
         (cfg.num_heads, cfg.head_dim, cfg.emb_dim), pdt)
-    return jnp.einsum("blhd,hde->ble", out, o_kernel.astype(dt))
+    y = jnp.einsum("blhd,hde->ble", out, o_kernel.astype(dt))
+    return peft_hooks.lora(self, "o_kernel", 2, cfg.peft)(out, y)
 
   def _update_cache(self, k, v, segment_ids):
     """Writes new keys/values at the cache index; returns full cache and mask."""
@@ -163,9 +170,12 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, segment_ids, positions, decode: bool = False):
     cfg = self.cfg
     h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="attn_norm")(x)
-    x = x + Attention(cfg, name="attn")(h, segment_ids, positions, decode)
+    y = Attention(cfg, name="attn")(h, segment_ids, positions, decode)
+    x = x + peft_hooks.adapter(self, "attn", y, cfg.peft)
     h = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="mlp_norm")(x)
-    x = x + MlpBlock(cfg.emb_dim, cfg.mlp_dim, "silu", True, cfg.compute_dtype, cfg.params_dtype, name="mlp")(h)
+    y = MlpBlock(cfg.emb_dim, cfg.mlp_dim, "silu", True, cfg.compute_dtype, cfg.params_dtype, peft=cfg.peft,
+                 name="mlp")(h)
+    x = x + peft_hooks.adapter(self, "mlp", y, cfg.peft)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -207,7 +217,7 @@ class Decoder(nn.Module):
       layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), static_argnums=(4,))
     if cfg.scan_layers:
       x, _ = nn.scan(
-          layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+          layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )(cfg, name="layers")(x, segment_ids, positions, decode)

@@ -57,9 +57,13 @@ class DecoderOnly:
     return self.model.apply({"params": params}, tokens, segments, positions, rngs=rngs)
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
-    """New tokens [len(prompts), max_new_tokens] after BOS + each prompt (EOS kept, 0 after)."""
-    tokens, mask = decoding.left_pad([[BOS_ID, *p] for p in prompts], PAD_MULTIPLE)
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               pad_multiple: int = PAD_MULTIPLE) -> np.ndarray:
+    """New tokens [len(prompts), max_new_tokens] after BOS + each prompt (EOS kept, 0 after).
+
+    The padded prompt length is rounded up to `pad_multiple` (a server passes its length buckets).
+    """
+    tokens, mask = decoding.left_pad([[BOS_ID, *p] for p in prompts], pad_multiple)
     if _sampling_args(temperature, top_k, top_p):
       out = decoding.sample_decode(self.model, params, tokens, mask, jax.random.key(seed),
                                    max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
@@ -96,9 +100,10 @@ class EncoderDecoder:
     return self.model.apply({"params": params}, enc, dec, *segs, deterministic=dropout_rng is None, rngs=rngs)
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               pad_multiple: int = PAD_MULTIPLE) -> np.ndarray:
     """New tokens [len(prompts), max_new_tokens] for each encoder input (EOS kept, 0 after)."""
-    tokens, mask = scoring.right_pad([list(p) or [eos_id] for p in prompts], PAD_MULTIPLE)
+    tokens, mask = scoring.right_pad([list(p) or [eos_id] for p in prompts], pad_multiple)
     if _sampling_args(temperature, top_k, top_p):
       out = enc_dec_decoding.sample_decode(self.model, params, tokens, mask, jax.random.key(seed),
                                            max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,

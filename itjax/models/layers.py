@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from itjax.models import peft_hooks
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -58,6 +60,7 @@ class MlpBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
+  peft: peft_hooks.PeftConfig | None = None  # LoRA on wi_0 / wi_1 / wo (see itjax.models.peft_hooks)
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
@@ -67,11 +70,11 @@ class MlpBlock(nn.Module):
 
     act = _ACTIVATIONS[self.activation]
     wi_0 = kernel("wi_0", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
-    h = act(x @ wi_0)
+    h = act(peft_hooks.lora(self, "wi_0", 1, self.peft)(x, x @ wi_0))
     if self.gated:
       wi_1 = kernel("wi_1", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
-      h = h * (x @ wi_1)
+      h = h * peft_hooks.lora(self, "wi_1", 1, self.peft)(x, x @ wi_1)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     wo = kernel("wo", (self.mlp_dim, self.emb_dim), ("mlp", "embed"), self.mlp_dim)
-    return h @ wo
+    return peft_hooks.lora(self, "wo", 1, self.peft)(h, h @ wo)

@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from itjax.models import peft_hooks
 from itjax.models.decoder import remat_policy
 from itjax.models.layers import MlpBlock, RMSNorm, dense_init, resolve_dtype
+from itjax.models.peft_hooks import PeftConfig
 
 _MLP_ACTIVATIONS = ("gelu", "relu", "silu")
 
@@ -50,10 +52,12 @@ class T5Config:
   remat_policy: str = "none"  # none | full | dots_with_no_batch_dims | dots
   scan_layers: bool = False
   max_decode_length: int = 512  # decoder KV-cache slots
+  peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
 
   def __post_init__(self):
     if self.mlp_activation not in _MLP_ACTIVATIONS:
       raise ValueError(f"unknown mlp_activation {self.mlp_activation!r}; expected one of {_MLP_ACTIVATIONS}")
+    object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
 
   @property
   def compute_dtype(self):
@@ -127,11 +131,12 @@ class T5Attention(nn.Module):
     k_kernel = kernel("k_kernel", e, (e, h, d), ("embed", "heads", "kv"))
     v_kernel = kernel("v_kernel", e, (e, h, d), ("embed", "heads", "kv"))
     qkv_axes = ("batch", "length", "heads", "kv")
-    q = nn.with_logical_constraint(jnp.einsum("ble,ehd->blhd", x, q_kernel), qkv_axes)
+    lora_q, lora_k, lora_v = (peft_hooks.lora(self, f"{n}_kernel", 1, cfg.peft) for n in "qkv")
+    q = nn.with_logical_constraint(lora_q(x, jnp.einsum("ble,ehd->blhd", x, q_kernel)), qkv_axes)
 
     def project_kv(src):
-      k = nn.with_logical_constraint(jnp.einsum("ble,ehd->blhd", src, k_kernel), qkv_axes)
-      v = nn.with_logical_constraint(jnp.einsum("ble,ehd->blhd", src, v_kernel), qkv_axes)
+      k = nn.with_logical_constraint(lora_k(src, jnp.einsum("ble,ehd->blhd", src, k_kernel)), qkv_axes)
+      v = nn.with_logical_constraint(lora_v(src, jnp.einsum("ble,ehd->blhd", src, v_kernel)), qkv_axes)
       return k, v
 
     if cache == "self":
@@ -152,6 +157,7 @@ class T5Attention(nn.Module):
       ck.value, cv.value = k, v
     else:
       k, v = project_kv(kv_input)
+    k, v, mask, bias = peft_hooks.prefix(self, k, v, mask, bias, "heads", cfg.peft)
 
     if deterministic or cfg.dropout_rate == 0.0:
       out = jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype), mask=mask,
@@ -165,7 +171,7 @@ class T5Attention(nn.Module):
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dt), v)
     out = nn.with_logical_constraint(out, qkv_axes)
     o_kernel = kernel("o_kernel", h * d, (h, d, e), ("heads", "kv", "embed"))
-    return jnp.einsum("blhd,hde->ble", out, o_kernel)
+    return peft_hooks.lora(self, "o_kernel", 2, cfg.peft)(out, jnp.einsum("blhd,hde->ble", out, o_kernel))
 
 
 def _norm(cfg: T5Config, name: str) -> RMSNorm:
@@ -174,7 +180,7 @@ def _norm(cfg: T5Config, name: str) -> RMSNorm:
 
 def _mlp(cfg: T5Config) -> MlpBlock:
   return MlpBlock(cfg.emb_dim, cfg.mlp_dim, cfg.mlp_activation, cfg.gated_mlp, cfg.compute_dtype, cfg.params_dtype,
-                  dropout_rate=cfg.dropout_rate, name="mlp")
+                  dropout_rate=cfg.dropout_rate, peft=cfg.peft, name="mlp")
 
 
 def _residual(cfg: T5Config, x, y, deterministic: bool):
@@ -189,9 +195,10 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, mask, deterministic: bool = True):
     cfg = self.cfg
     h = _norm(cfg, "attn_norm")(x)
-    x = _residual(cfg, x, T5Attention(cfg, name="attn")(h, h, bias, mask, deterministic), deterministic)
-    x = _residual(cfg, x, _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), deterministic)
-    return x
+    y = peft_hooks.adapter(self, "attn", T5Attention(cfg, name="attn")(h, h, bias, mask, deterministic), cfg.peft)
+    x = _residual(cfg, x, y, deterministic)
+    y = peft_hooks.adapter(self, "mlp", _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), cfg.peft)
+    return _residual(cfg, x, y, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -204,13 +211,13 @@ class DecoderLayer(nn.Module):
     h = _norm(cfg, "self_attn_norm")(x)
     y = T5Attention(cfg, name="self_attn")(h, h, self_bias, self_mask, deterministic, "self" if decode else None,
                                            cache_index)
-    x = _residual(cfg, x, y, deterministic)
+    x = _residual(cfg, x, peft_hooks.adapter(self, "self_attn", y, cfg.peft), deterministic)
     h = _norm(cfg, "cross_attn_norm")(x)
     y = T5Attention(cfg, name="cross_attn")(h, encoded, None, cross_mask, deterministic, "cross" if decode else None,
                                             cache_index)
-    x = _residual(cfg, x, y, deterministic)
-    x = _residual(cfg, x, _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), deterministic)
-    return x
+    x = _residual(cfg, x, peft_hooks.adapter(self, "cross_attn", y, cfg.peft), deterministic)
+    y = peft_hooks.adapter(self, "mlp", _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), cfg.peft)
+    return _residual(cfg, x, y, deterministic)
 
 
 class _ScanEncoderLayer(EncoderLayer):

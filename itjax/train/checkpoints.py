@@ -156,8 +156,8 @@ def _rank(value: float, mode: str) -> float:
   return value if mode == "max" else -value
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
-  """Params from an itjax checkpoint directory (MODEL_DIR, .../checkpoints or a step dir)."""
+def resolve_step_dir(path: str) -> str:
+  """The step dir that `path` (MODEL_DIR, .../checkpoints or a step dir) means: the latest complete one."""
   path = os.path.abspath(path)
   for d in (path, os.path.join(path, "checkpoints")):
     if os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d)):
@@ -166,6 +166,12 @@ def restore_params(path: str, abstract_params: Any) -> Any:
         raise UserError(f"no complete itjax checkpoint in {d!r}")
       path = os.path.join(d, str(steps[-1]))
       break
+  return path
+
+
+def restore_params(path: str, abstract_params: Any) -> Any:
+  """Params from an itjax checkpoint directory (MODEL_DIR, .../checkpoints or a step dir)."""
+  path = resolve_step_dir(path)
   state_dir = os.path.join(path, "state")
   if not os.path.isdir(state_dir):
     raise UserError(f"no itjax checkpoint at {path!r} (expected MODEL_DIR, MODEL_DIR/checkpoints or a step dir)")
@@ -181,6 +187,10 @@ def load_model(path: str, mesh, rules) -> tuple[nn.Module, Any]:
   """(model, params) from an itjax MODEL_DIR or checkpoint (either architecture), params sharded on `mesh`."""
   cfg = load_model_config(path)
   model = build_model(cfg)
+  if cfg.peft is not None:  # a PEFT run: its trainable variables on top of the base its checkpoint names
+    from itjax.peft.state import load_peft_params
+
+    return model, load_peft_params(path, cfg, mesh, rules)
   boxed = jax.eval_shape(lambda r: model.init(r, *example_inputs(cfg))["params"], jax.random.key(0))
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

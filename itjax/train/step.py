@@ -23,6 +23,7 @@ import optax
 
 from itjax.errors import UserError
 from itjax.models.interface import interface_for
+from itjax.peft.method import combine
 from itjax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -108,8 +109,9 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, num_microbatches: int = 1, z_loss: float = 0.0,
+def train_step(state: TrainState, batch: Batch, frozen=None, *, model: nn.Module,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule, num_microbatches: int = 1,
+               z_loss: float = 0.0,
                label_smoothing: float = 0.0, loss_normalizing_factor: LossNormalization = "num_real_target_tokens",
                dropout_seed: int | None = None) -> tuple[TrainState, dict]:
   """One optimizer update on the loss normalized by `loss_normalizing_factor` over the whole batch.
@@ -117,6 +119,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: 
   With `dropout_seed`, dropout is on (at the model config's rate) with keys derived from the seed, the
   step and the microbatch: a resumed run draws the same masks as an uninterrupted one.
   Metrics include `finite`: whether the loss, gradients and the updated state are all finite.
+  With `frozen` (PEFT: the base params), `state.params` are the trainable PEFT variables alone: the model
+  applies `combine(frozen, params)` and only the trainable ones get gradients and optimizer updates.
   """
   factor = check_loss_normalizing_factor(loss_normalizing_factor)
   step_key = None if dropout_seed is None else jax.random.fold_in(jax.random.key(dropout_seed), state.step)
@@ -125,7 +129,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, optimizer: 
     rng = None if step_key is None else jax.random.fold_in(step_key, i)
 
     def f(p):
-      sums = loss_sums(model, p, mb, z_loss, label_smoothing, factor, dropout_rng=rng)
+      full = p if frozen is None else combine(frozen, p)
+      sums = loss_sums(model, full, mb, z_loss, label_smoothing, factor, dropout_rng=rng)
       return sums["loss"], sums
     return jax.grad(f, has_aux=True)(params)
 

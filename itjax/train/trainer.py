@@ -39,7 +39,7 @@ from itjax.models.config_io import ModelConfig, build_model, find_model_dir, sav
 from itjax.models.interface import interface_for
 from itjax.models.peft_hooks import PeftConfig
 from itjax.peft import state as peft_state
-from itjax.peft.method import check_targets, combine, with_peft
+from itjax.peft.method import check_peft, combine, with_peft
 from itjax.train import partitioning, perf
 from itjax.train.checkpoints import Checkpointer, restore_params
 from itjax.train.distributed import initialize_distributed
@@ -212,9 +212,10 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
                     f"and train.num_microbatches ({num_microbatches})")
   loss_normalizing_factor = check_loss_normalizing_factor(loss_normalizing_factor)
   _check_best_metric(best_checkpoint_metric, eval_mixtures, eval_period)
+  peft = peft if peft is not None else getattr(model_config, "peft", None)  # DecoderConfig.peft = @lora() too
   if peft is not None:  # model_config.json then records the method: eval/infer/convert rebuild the PEFT model
+    check_peft(model_config, peft)
     model_config = with_peft(model_config, peft)
-    check_targets(model_config, peft)
   model_dir = os.path.abspath(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   # The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was converted with.

@@ -1,0 +1,108 @@
+"""The feature converters of every training stream: seqio's, plus chat loss masks and best-fit packing.
+
+`PrefixLMConverter` (decoder-only) is seqio's PrefixLMFeatureConverter with two additions:
+examples that carry `chat.LOSS_MASK` (chat conversations) get `decoder_loss_weights` of 1 on
+exactly their assistant turns (the mask inside inputs, and all of targets); and with
+`packer="best_fit"` rows are packed by `itjax.data.packing` instead of seqio's greedy packer. A
+stream without LOSS_MASK converts exactly as seqio's converter does, token for token.
+
+`EncDecConverter` is seqio's EncDecFeatureConverter with the same packer choice; chat examples
+become one example per assistant turn first (`chat.one_example_per_turn`).
+
+Both keep seqio's packed layout (segment ids 1, 2, ... per example, positions restarting at 0,
+padding 0), so the models' packing masks apply unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import seqio
+import tensorflow as tf
+
+from itjax.data import chat, packing
+from itjax.data.stream_stats import StreamStats
+
+PACKERS = ("best_fit", "seqio")
+_MASK = "loss_mask"  # concatenated [inputs mask, targets ones], stored +1 so seqio's packer sees no zeros
+
+
+def check_packer(packer: str) -> str:
+  from itjax.errors import UserError
+
+  if packer not in PACKERS:
+    raise UserError(f"unknown packer {packer!r} (choose from {', '.join(PACKERS)})")
+  return packer
+
+
+class _Packing:
+  """The `_pack_or_pad` both converters share: seqio's trim-and-pad, seqio's packer or best fit."""
+
+  pack: bool
+  _packer: str
+  _stats: StreamStats | None
+
+  def _pack_or_pad(self, ds: tf.data.Dataset, packed_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    if self.pack and self._packer == "best_fit":
+      return packing.pack_dataset(ds, packed_lengths, stats=self._stats.packing if self._stats else None)
+    return super()._pack_or_pad(ds, packed_lengths)
+
+
+class PrefixLMConverter(_Packing, seqio.PrefixLMFeatureConverter):
+  """Decoder-only features: BOS + inputs + targets per row; loss on targets and on chat assistant turns."""
+
+  def __init__(self, pack: bool = True, *, packer: str = "best_fit", stats: StreamStats | None = None, **kwargs):
+    self._packer, self._stats, self._chat = check_packer(packer), stats, False
+    super().__init__(pack=pack, **kwargs)
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    self._chat = chat.LOSS_MASK in ds.element_spec
+    return super()._convert_features(ds, task_feature_lengths)
+
+  def _concat_and_add_masks(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+    d = dict(super()._concat_and_add_masks(features))
+    if self._chat:
+      num_inputs = tf.size(features["inputs"])
+      mask = tf.concat([tf.cast(features[chat.LOSS_MASK], tf.int32), tf.ones([tf.size(d["targets"]) - num_inputs],
+                                                                               tf.int32)], 0)
+      d[_MASK] = mask + 1
+    return d
+
+  def _concat_task_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    lengths = dict(super()._concat_task_feature_lengths(task_feature_lengths))
+    if self._chat:
+      lengths[_MASK] = lengths["targets"]
+    return lengths
+
+  def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+    d = dict(super()._convert_example(features))
+    if _MASK in features:  # 2 = loss, 1 = context, 0 = padding
+      d["decoder_loss_weights"] = tf.cast(tf.equal(features[_MASK], 2), d["decoder_loss_weights"].dtype)
+    return d
+
+
+class EncDecConverter(_Packing, seqio.EncDecFeatureConverter):
+  """Encoder-decoder features (inputs and targets packed jointly); chat: one example per assistant turn."""
+
+  def __init__(self, pack: bool = True, *, packer: str = "best_fit", stats: StreamStats | None = None, **kwargs):
+    self._packer, self._stats = check_packer(packer), stats
+    super().__init__(pack=pack, **kwargs)
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    if chat.LOSS_MASK in ds.element_spec:
+      count = None
+      if self._stats is not None:
+        stats = self._stats
+
+        def count(c):
+          return stats.add({"enc_dec_turn_examples": c["examples"], "enc_dec_turn_tokens_cut": c["tokens_cut"]})
+
+      ds = chat.one_example_per_turn(ds, task_feature_lengths["targets"], count)
+    return super()._convert_features(ds, task_feature_lengths)
+
+
+def feature_converter(encoder_decoder: bool, pack: bool, *, packer: str = "best_fit",
+                      stats: StreamStats | None = None) -> seqio.FeatureConverter:
+  """The converter for the architecture: EncDec, or PrefixLM for decoder-only (see the module docstring)."""
+  cls = EncDecConverter if encoder_decoder else PrefixLMConverter
+  return cls(pack=pack, packer=packer, stats=stats)

@@ -1,0 +1,89 @@
+"""Counts of what a training stream drops, truncates, expands and pads, kept while it streams.
+
+Nothing leaves the stream silently: every documented policy that skips or cuts something
+(decontamination, deduplication, chat truncation, the encoder-decoder chat split) adds to one of
+these counters, and the packer reports its efficiency here. In-graph counts are int64
+`tf.Variable`s incremented inside tf.data functions; Python-side ones (dedup, packing) are ints.
+A `StreamStats` covers everything streamed by the datasets built with it, including the batches a
+resumed run skips to reach its position; each stage counts as it reads, and tf.data reads ahead
+of the batches delivered, so the counts run somewhat ahead of the training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+
+import tensorflow as tf
+
+from itjax.data.packing import PackingStats
+
+log = logging.getLogger("itjax")
+
+# In-graph counters and what they count.
+GRAPH_COUNTERS = {
+    "decontaminated": "examples dropped for sharing an n-gram with eval data",
+    "chat_examples": "chat conversations streamed",
+    "chat_examples_truncated": "conversations that lost turns or tokens to the inputs length",
+    "chat_turns_dropped": "history turns dropped from the start of over-long conversations",
+    "chat_tokens_cut": "history tokens lost (dropped turns and left-cut last user turns)",
+    "enc_dec_turn_examples": "extra encoder-decoder examples, one per earlier assistant turn",
+    "enc_dec_turn_tokens_cut": "tokens trimmed from those turns' targets",
+}
+
+
+@dataclasses.dataclass
+class DedupCounts:
+  """One task's deduplication: examples read and dropped, over completed and current epochs."""
+
+  examples: int = 0
+  dropped: int = 0
+  epochs: int = 0  # completed passes over the task's shard
+
+
+class StreamStats:
+  """The counters of one training stream (see the module docstring)."""
+
+  def __init__(self) -> None:
+    self._vars = {k: tf.Variable(0, dtype=tf.int64, trainable=False) for k in GRAPH_COUNTERS}
+    self.dedup: dict[str, DedupCounts] = {}
+    self.packing = PackingStats()
+
+  def add(self, counts: Mapping[str, tf.Tensor]) -> list[tf.Operation]:
+    """Ops (for inside a tf.data function) that add `counts` to the named in-graph counters."""
+    return [self._vars[k].assign_add(tf.cast(v, tf.int64)) for k, v in counts.items()]
+
+  def counted(self, ds: tf.data.Dataset, counts: Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]
+              ) -> tf.data.Dataset:
+    """`ds` unchanged, adding `counts(example)` to the counters as each example passes."""
+
+    def count(ex):
+      with tf.control_dependencies(self.add(counts(ex))):
+        return {k: tf.identity(v) for k, v in ex.items()}
+
+    return ds.map(count, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def as_dict(self) -> dict:
+    out: dict = {k: int(v.numpy()) for k, v in self._vars.items()}
+    out["dedup_examples"] = sum(c.examples for c in self.dedup.values())
+    out["dedup_dropped"] = sum(c.dropped for c in self.dedup.values())
+    out["dedup_per_task"] = {t: dataclasses.asdict(c) for t, c in sorted(self.dedup.items())}
+    p = self.packing
+    out["packing"] = {"examples": p.examples, "rows": p.rows, "tokens": p.tokens, "capacity": p.capacity,
+                      "efficiency": round(p.efficiency, 4)}
+    return out
+
+  def summary(self) -> str:
+    """One line of the nonzero counts."""
+    d = self.as_dict()
+    parts = [f"{k}={d[k]:,}" for k in GRAPH_COUNTERS if d[k]]
+    if self.dedup:
+      parts.append(f"dedup_dropped={d['dedup_dropped']:,} of {d['dedup_examples']:,}")
+    if self.packing.rows:
+      parts.append(f"packed {self.packing.examples:,} examples into {self.packing.rows:,} rows "
+                   f"({self.packing.efficiency:.1%} non-padding)")
+    return "training stream: " + (", ".join(parts) if parts else "nothing dropped, truncated or packed yet")
+
+  def log(self) -> None:
+    log.info("%s", self.summary())

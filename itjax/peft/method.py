@@ -1,0 +1,116 @@
+"""What every PEFT method shares: the model with PEFT variables, and the trainable / frozen split of its params.
+
+A PEFT model is the plain model whose config carries a `PeftConfig` (`with_peft`); its params are the
+base weights plus PEFT variables that `itjax.models.peft_hooks.is_peft_leaf` recognizes. Training
+differentiates only the trainable tree and rebuilds the full tree inside the loss with `combine`,
+so gradients, optimizer state and checkpoints cover the trainable variables alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from itjax.errors import UserError
+from itjax.models.config_io import ModelConfig, build_model, example_inputs
+from itjax.models.layers import resolve_dtype
+from itjax.models.peft_hooks import PeftConfig, is_peft_leaf
+
+Params = dict[str, Any]
+
+
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """'/'-joined path -> leaf."""
+  return traverse_util.flatten_dict(dict(tree), sep="/")
+
+
+def unflatten(flat: Mapping[str, Any]) -> Params:
+  return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def with_peft(cfg: ModelConfig, peft: PeftConfig | None) -> ModelConfig:
+  """The model config with `peft` set (None: the plain model)."""
+  return dataclasses.replace(cfg, peft=peft)
+
+
+def split(params: Mapping[str, Any]) -> tuple[Params, Params]:
+  """(frozen base, trainable PEFT variables) of a PEFT model's params (boxed or not)."""
+  flat = flatten(params)
+  base = {k: v for k, v in flat.items() if not is_peft_leaf(k)}
+  trainable = {k: v for k, v in flat.items() if is_peft_leaf(k)}
+  return unflatten(base), unflatten(trainable)
+
+
+def combine(base: Mapping[str, Any], trainable: Mapping[str, Any]) -> Params:
+  """The full params tree that a PEFT model applies: the base with the trainable variables added."""
+  return unflatten({**flatten(base), **flatten(trainable)})
+
+
+def trainable_mask(params: Mapping[str, Any]) -> Params:
+  """A tree of bools like `params`: True on PEFT variables (e.g. for optax.masked)."""
+  return unflatten({k: is_peft_leaf(k) for k in flatten(params)})
+
+
+def cast_base(base: Any, dtype: str) -> Any:
+  """Floating-point base weights cast to the storage dtype `dtype` (e.g. "bfloat16")."""
+  dt = resolve_dtype(dtype)
+  return jax.tree_util.tree_map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, base)
+
+
+def check_base_dtype(name: str, dtype: str) -> None:
+  """UserError naming the gin parameter `name` unless `dtype` is a known dtype name."""
+  try:
+    resolve_dtype(dtype)
+  except ValueError as e:
+    raise UserError(f"{name}: {e}") from None
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """Boxed ShapeDtypeStructs (with logical axes) of a model's params, without allocating."""
+  model = build_model(cfg)
+  return jax.eval_shape(lambda r: model.init(r, *example_inputs(cfg))["params"], jax.random.key(0))
+
+
+def lora_kernels(cfg: ModelConfig) -> list[str]:
+  """Param paths of every kernel LoRA can adapt in this architecture (attention q/k/v/o, MLP wi/wo)."""
+  probe = PeftConfig(lora_rank=1, lora_targets=(".*",))
+  flat = flatten(nn.meta.unbox(abstract_params(with_peft(cfg, probe))))
+  return sorted(k[:-len("_lora_a")] for k in flat if k.endswith("_lora_a"))
+
+
+def check_peft(cfg: ModelConfig, peft: Any) -> None:
+  """UserError unless `peft` (gin's train.peft) is a PEFT method whose LoRA targets exist in `cfg`."""
+  if not isinstance(peft, PeftConfig):
+    raise UserError(f"train.peft={peft!r}: expected @lora(), @prefix_tuning() or @adapters() (with the parentheses)")
+  check_targets(cfg, peft)
+
+
+def check_targets(cfg: ModelConfig, peft: PeftConfig) -> None:
+  """UserError naming `lora.target_modules` when a pattern matches no kernel LoRA can adapt."""
+  if not peft.lora_rank:
+    return
+  kernels = lora_kernels(cfg)
+  for pattern in peft.lora_targets:
+    if not any(re.search(pattern, k) for k in kernels):
+      names = sorted({k.rsplit("/", 1)[-1] for k in kernels})
+      raise UserError(f"lora.target_modules pattern {pattern!r} matches no kernel LoRA can adapt (regexes on "
+                      f"param paths such as {kernels[0]!r}; kernel names: {', '.join(names)})")
+
+
+def count(tree: Any) -> int:
+  """Number of scalars in a params (or abstract params) tree."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(tree)))
+
+
+def init_trainable(cfg: ModelConfig, rng: jax.Array) -> Params:
+  """Freshly initialized trainable PEFT variables of `cfg` (its base weights are never materialized)."""
+  model = build_model(cfg)
+  return jax.jit(lambda r: split(nn.unbox(model.init(r, *example_inputs(cfg))["params"]))[1])(rng)

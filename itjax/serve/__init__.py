@@ -1,0 +1,1 @@
+"""`itjax serve`: itjax checkpoints behind an OpenAI-compatible HTTP API (`server`, `protocol`, batching `engine`)."""
