@@ -13,7 +13,6 @@ does not.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import os
@@ -160,21 +159,6 @@ def batch_shapes(task_feature_lengths: Mapping[str, int], batch_size: int, *, en
   return {k: (batch_size, lengths[k]) for k in keys if k in lengths}
 
 
-def jit_train_step(model, optimizer, schedule, shardings, batch_sharding, *, num_microbatches: int = 1,
-                   z_loss: float = 0.0, label_smoothing: float = 0.0,
-                   loss_normalizing_factor: str | float = "num_real_target_tokens",
-                   dropout_seed: int | None = None):
-  """The train step jitted as `train` jits it: state and batch shardings in, state donated."""
-  from itjax.train.step import check_loss_normalizing_factor, train_step
-
-  return jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
-                        num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing,
-                        loss_normalizing_factor=check_loss_normalizing_factor(loss_normalizing_factor),
-                        dropout_seed=dropout_seed),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
-
-
 def _axes(entry) -> tuple[str, ...]:
   """Mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
   return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
@@ -314,6 +298,7 @@ def compile_train_step(*, topology: str | None = None, num_slices: int = 1, per_
   from itjax.train import partitioning
   from itjax.train.optim import make_optimizer
   from itjax.train.state import abstract_state, state_specs
+  from itjax.train.step import jit_train_step
 
   if topology:
     _use_cpu_backend()
@@ -323,6 +308,9 @@ def compile_train_step(*, topology: str | None = None, num_slices: int = 1, per_
   else:
     devices, target = jax.devices(), f"the local devices ({jax.devices()[0].platform})"
   s = dict(settings or train_settings())
+  if s.get("peft") is not None or getattr(s["model_config"], "peft", None) is not None:
+    raise UserError("itjax compile: train.peft is set; compiling the PEFT step (trainable state + frozen base) "
+                    "is not supported yet. Compile the full fine-tuning step (an upper bound) by leaving it unset")
   batch_size, num_microbatches = int(s["batch_size"]), int(s.get("num_microbatches") or 1)
   if batch_size % num_microbatches:
     raise UserError(f"train.batch_size={batch_size} must divide by train.num_microbatches ({num_microbatches})")

@@ -14,6 +14,7 @@ microbatches gives exactly the full-batch update.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -159,3 +160,18 @@ def train_step(state: TrainState, batch: Batch, frozen=None, *, model: nn.Module
              "target_tokens": sums["weight"], "grad_norm": grad_norm, "learning_rate": schedule(state.step),
              "finite": jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def jit_train_step(model, optimizer, schedule, shardings, batch_sharding, *, num_microbatches: int = 1,
+                   z_loss: float = 0.0, label_smoothing: float = 0.0,
+                   loss_normalizing_factor: str | float = "num_real_target_tokens",
+                   dropout_seed: int | None = None, frozen_shardings: tuple = ()):
+  """The train step as `itjax train` runs and `itjax compile` lowers it: state and batch (and a PEFT run's
+  frozen base) sharded in, the state donated."""
+  return jax.jit(
+      functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
+                        num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing,
+                        loss_normalizing_factor=check_loss_normalizing_factor(loss_normalizing_factor),
+                        dropout_seed=dropout_seed),
+      in_shardings=(shardings, batch_sharding, *frozen_shardings), out_shardings=(shardings, None),
+      donate_argnums=(0,))

@@ -46,7 +46,7 @@ from itjax.train.distributed import initialize_distributed
 from itjax.train.model_info import write_model_info
 from itjax.train.optim import make_optimizer
 from itjax.train.state import TrainState, abstract_state, create_train_state, init_params
-from itjax.train.step import check_loss_normalizing_factor, train_step
+from itjax.train.step import check_loss_normalizing_factor, jit_train_step
 from itjax.train.summaries import MetricsWriter
 
 log = logging.getLogger("itjax")
@@ -271,14 +271,12 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
                                   shardings, frozen[0], frozen_shardings[0])
 
     batch_sharding = partitioning.batch_sharding(mesh, rules)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, schedule=schedule,
-                          num_microbatches=num_microbatches, z_loss=z_loss, label_smoothing=label_smoothing,
-                          loss_normalizing_factor=loss_normalizing_factor,
-                          dropout_seed=seed if (getattr(model_config, "dropout_rate", 0.0) > 0
-                                                or (peft is not None and peft.lora_dropout > 0)) else None),
-        in_shardings=(shardings, batch_sharding, *frozen_shardings), out_shardings=(shardings, None),
-        donate_argnums=(0,))
+    step_fn = jit_train_step(
+        model, optimizer, schedule, shardings, batch_sharding, num_microbatches=num_microbatches, z_loss=z_loss,
+        label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor,
+        dropout_seed=seed if (getattr(model_config, "dropout_rate", 0.0) > 0
+                              or (peft is not None and peft.lora_dropout > 0)) else None,
+        frozen_shardings=frozen_shardings)
     batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
                            data_shards=data_shards, pack=pack, start_batch=start_batch,
                            encoder_decoder=iface.encoder_decoder)
