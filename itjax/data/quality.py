@@ -85,22 +85,29 @@ def _static_set(hashes: set[int]) -> tf.lookup.StaticHashTable:
   return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), 0)
 
 
-def eval_index(eval_names: Sequence[str], split: str = "validation", n: int = N) -> NgramIndex:
-  """The n-gram index of every rendered eval example (inputs, and targets' long n-grams)."""
+def eval_index(eval_names: Sequence[str], splits: Sequence[str] = ("validation",), n: int = N) -> NgramIndex:
+  """The n-gram index of every rendered eval example (inputs, and targets' long n-grams) of `splits`.
+
+  A task without one of the splits contributes the others.
+  """
   inputs, targets = [], []
   for name in eval_names:
     for task in leaf_tasks(name):
-      for ex in task.get_dataset(None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator():
-        inputs.append(ex["inputs_pretokenized"].decode())
-        targets.append(ex["targets_pretokenized"].decode())
+      for split in dict.fromkeys(splits):
+        if split not in task.splits:
+          continue
+        for ex in task.get_dataset(None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator():
+          inputs.append(ex["inputs_pretokenized"].decode())
+          targets.append(ex["targets_pretokenized"].decode())
   return NgramIndex(inputs, n, long_only=targets)
 
 
 def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None = None, n: int = N,
-         feature_lengths: Mapping[str, int] | None = None) -> dict:
-  """Counts per training task: examples, exact and normalized duplicates, contaminated examples,
-  and (given feature lengths) examples whose inputs or targets will be truncated."""
-  index = eval_index(eval_names, n=n)
+         feature_lengths: Mapping[str, int] | None = None, eval_splits: Sequence[str] = ("validation",)) -> dict:
+  """Counts per training task: examples, exact and normalized duplicates, contaminated examples
+  (against `eval_splits` of the eval tasks), and (given feature lengths) examples whose inputs or
+  targets will be truncated."""
+  index = eval_index(eval_names, eval_splits, n=n)
   per_task = {}
   for task in leaf_tasks(train_name):
     ds = task.get_dataset(None, split="train", shuffle=False, num_epochs=1)
@@ -123,5 +130,6 @@ def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None
   keys = ("examples", "exact_duplicates", "normalized_duplicates", "contaminated")
   totals = {k: sum(t[k] for t in per_task.values()) for k in keys}
   totals["truncated"] = sum(t["truncated"] for t in per_task.values()) if feature_lengths else None
-  return {"train": train_name, "eval": list(eval_names), "ngram": n, "eval_ngrams": len(index),
+  return {"train": train_name, "eval": list(eval_names), "eval_splits": list(dict.fromkeys(eval_splits)),
+          "ngram": n, "eval_ngrams": len(index),
           "max_examples_per_task": max_per_task, "totals": totals, "tasks": per_task}

@@ -74,6 +74,14 @@ class StreamStats:
                       "efficiency": round(p.efficiency, 4)}
     return out
 
+  def scalars(self) -> dict[str, float]:
+    """The nonzero counts and the packing efficiency as `data/...` scalars (for metrics.jsonl / TensorBoard)."""
+    d = self.as_dict()
+    out = {f"data/{k}": float(d[k]) for k in (*GRAPH_COUNTERS, "dedup_examples", "dedup_dropped") if d[k]}
+    if self.packing.rows:
+      out["data/packing_efficiency"] = self.packing.efficiency
+    return out
+
   def summary(self) -> str:
     """One line of the nonzero counts."""
     d = self.as_dict()

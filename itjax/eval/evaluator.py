@@ -79,12 +79,20 @@ def _predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules
   return outputs, scores
 
 
+def evaluated_splits() -> tuple[str, ...]:
+  """The eval splits `run_eval` reads under the current eval_settings: the reported one, then the selection one."""
+  settings = eval_settings()
+  return tuple(s for s in dict.fromkeys((settings["split"], settings["selection_split"])) if s)
+
+
 def contamination_counts(train_mixture: str, eval_mixtures: Mapping[str, str], max_per_task: int) -> dict:
-  """Per eval set: training examples (the first `max_per_task` of each task) sharing a 13-gram with it."""
+  """Per eval set: training examples (the first `max_per_task` of each task) sharing a 13-gram with the
+  evaluated splits of it."""
   out = {}
   for set_name, mixture in eval_mixtures.items():
-    res = scan(train_mixture, [mixture], max_per_task=max_per_task)
-    out[set_name] = {"eval": mixture, "train_examples_scanned": res["totals"]["examples"],
+    res = scan(train_mixture, [mixture], max_per_task=max_per_task, eval_splits=evaluated_splits())
+    out[set_name] = {"eval": mixture, "eval_splits": res["eval_splits"],
+                     "train_examples_scanned": res["totals"]["examples"],
                      "contaminated": res["totals"]["contaminated"], "eval_ngrams": res["eval_ngrams"],
                      "max_examples_per_task": max_per_task}
   return out
@@ -95,7 +103,8 @@ def _contamination_notes(train_mixture: str, counts: Mapping[str, dict]) -> list
                "against each eval set:", ""]
   for set_name, c in counts.items():
     pct = 100.0 * c["contaminated"] / max(c["train_examples_scanned"], 1)
-    lines.append(f"- {set_name} (`{c['eval']}`): {c['contaminated']} of {c['train_examples_scanned']} training "
+    lines.append(f"- {set_name} (`{c['eval']}`, {'/'.join(c['eval_splits'])}): {c['contaminated']} of "
+                 f"{c['train_examples_scanned']} training "
                  f"examples scanned ({pct:.1f}%; the first {c['max_examples_per_task']} of each task) share a "
                  f"13-gram with it")
   return lines

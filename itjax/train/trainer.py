@@ -30,10 +30,13 @@ import jax
 import numpy as np
 
 from itjax.data import vocab
+from itjax.data.feature_converters import check_packer
 from itjax.data.pipeline import numpy_batches, train_dataset
+from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
+from itjax.data.stream_stats import StreamStats
 from itjax.errors import UserError
-from itjax.eval.evaluator import run_eval
+from itjax.eval.evaluator import evaluated_splits, run_eval
 from itjax.eval.report import METRIC_TITLES
 from itjax.models.config_io import ModelConfig, build_model, find_model_dir, save_model_config
 from itjax.models.interface import interface_for
@@ -98,7 +101,9 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                  seed: int, data_shards: int, pack: bool, start_batch: int,
-                 encoder_decoder: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                 encoder_decoder: bool = False, packer: str = "best_fit", dedup: bool = False,
+                 decontaminate: NgramIndex | None = None, stats: StreamStats | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
   The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
@@ -108,7 +113,7 @@ def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
   streams = [numpy_batches(train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
       shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=pack, start_batch=start_batch,
-      encoder_decoder=encoder_decoder))
+      encoder_decoder=encoder_decoder, packer=packer, dedup=dedup, decontaminate=decontaminate, stats=stats))
       for j in range(per_host)]
   while True:
     parts = [next(s) for s in streams]
@@ -175,8 +180,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: str | None = None, eval_mixtures: Mapping[str, str] | None = None,
           eval_period: int | None = None, best_checkpoint_metric: str | None = None,
           best_checkpoint_mode: str = "max", keep_best_checkpoints: int = 1,
-          peak_flops_per_device: float | None = None, peft: PeftConfig | None = None,
-          evaluate_at_end: bool = True) -> dict:
+          peak_flops_per_device: float | None = None, peft: PeftConfig | None = None, packer: str = "best_fit",
+          dedup: bool = False, decontaminate: bool = False, evaluate_at_end: bool = True) -> dict:
   """Trains until `train_steps` (total, counting resumed steps); returns the last metrics.
 
   model_config: a `DecoderConfig` (decoder-only, PrefixLM features) or a `T5Config` (encoder-decoder,
@@ -190,6 +195,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   data_shards: how many pieces each global batch is read in (default: the process count, or the resumed
     checkpoint's); each process reads data_shards / process_count of them.
   peak_flops_per_device: for the `mfu` metric; default: known TPU/GPU peaks, no MFU on CPU.
+  packer: "best_fit" (default; about 96% non-padding at the offline default) or "seqio" (seqio's greedy
+    packer), when `pack`.
+  dedup: drop normalized-text duplicates per task and pass (itjax.data.dedup); counted.
+  decontaminate: drop training examples that share a 13-gram with the evaluated splits of
+    `eval_mixtures` (itjax.data.quality); counted. What the stream drops, cuts and pads is logged
+    and written to metrics.jsonl as `data/...` scalars.
   peft: parameter-efficient tuning (`@lora()`, `@prefix_tuning()`, `@adapters()`; see itjax.peft): only
     the method's variables train and are checkpointed; the frozen base comes from INITIAL_CHECKPOINT_PATH
     (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.
@@ -203,7 +214,7 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
            pack, log_every, checkpoint_period, keep_checkpoints, num_microbatches, z_loss, label_smoothing,
            loss_normalizing_factor, data_shards, initial_checkpoint_path, eval_mixtures, eval_period,
            best_checkpoint_metric, best_checkpoint_mode, keep_best_checkpoints, peak_flops_per_device, peft,
-           evaluate_at_end, preempt: _Preemption) -> dict:
+           packer, dedup, decontaminate, evaluate_at_end, preempt: _Preemption) -> dict:
   require_task(mixture_or_task_name)
   for name in (eval_mixtures or {}).values():
     require_task(name)
@@ -211,6 +222,10 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
     raise UserError(f"train.batch_size={batch_size} must divide by the process count ({jax.process_count()}) "
                     f"and train.num_microbatches ({num_microbatches})")
   loss_normalizing_factor = check_loss_normalizing_factor(loss_normalizing_factor)
+  check_packer(packer)
+  if decontaminate and not eval_mixtures:
+    raise UserError("train.decontaminate=True needs train.eval_mixtures (EVAL_MIXTURES): the eval data to "
+                    "decontaminate against")
   _check_best_metric(best_checkpoint_metric, eval_mixtures, eval_period)
   peft = peft if peft is not None else getattr(model_config, "peft", None)  # DecoderConfig.peft = @lora() too
   if peft is not None:  # model_config.json then records the method: eval/infer/convert rebuild the PEFT model
@@ -277,10 +292,18 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
         dropout_seed=seed if (getattr(model_config, "dropout_rate", 0.0) > 0
                               or (peft is not None and peft.lora_dropout > 0)) else None,
         frozen_shardings=frozen_shardings)
+    stream_stats = StreamStats()
+    index = None
+    if decontaminate:
+      index = eval_index(list(eval_mixtures.values()), evaluated_splits())
+      log.info("decontaminating against %d 13-grams of %s (%s)", len(index), sorted(eval_mixtures.values()),
+               "/".join(evaluated_splits()))
     batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
                            data_shards=data_shards, pack=pack, start_batch=start_batch,
-                           encoder_decoder=iface.encoder_decoder)
+                           encoder_decoder=iface.encoder_decoder, packer=packer, dedup=dedup,
+                           decontaminate=index, stats=stream_stats)
     loop = _Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, train_steps, start),
+                 stream_stats=stream_stats,
                  start=start, start_batch=start_batch, seed=seed, data_shards=data_shards,
                  meta={} if peft is None else {peft_state.BASE_META: base_ref},
                  # Enc-dec: each token passes through about half the parameters (its stack's).
@@ -321,6 +344,7 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
         log.warning("SIGTERM: saving step %d and stopping", step)
       loop.log()
       loop.checkpoint(step, state, force=True)
+    stream_stats.log()
     ckpt.wait()
     if best_checkpoint_metric:
       log.info("best checkpoint by %s: step %s", best_checkpoint_metric, ckpt.best_step())
@@ -344,8 +368,10 @@ class _Loop:
   """The loop's bookkeeping: metric windows, timing, the finiteness guard and checkpoint metadata."""
 
   def __init__(self, *, model_dir: str, ckpt: Checkpointer, writer: MetricsWriter, start: int, start_batch: int,
-               seed: int, data_shards: int, num_params: int, peak_flops: float | None, meta: dict | None = None):
+               seed: int, data_shards: int, num_params: int, peak_flops: float | None, meta: dict | None = None,
+               stream_stats: StreamStats | None = None):
     self.model_dir, self.ckpt, self.writer = model_dir, ckpt, writer
+    self.stream_stats = stream_stats
     self.meta = meta or {}  # extra checkpoint metadata (PEFT: the base reference)
     self.start, self.start_batch, self.seed, self.data_shards = start, start_batch, seed, data_shards
     self.num_params, self.peak_flops = num_params, peak_flops
@@ -395,6 +421,8 @@ class _Loop:
       mfu = perf.mfu(self.num_params, metrics["tokens_per_s"], self.peak_flops, jax.device_count())
       if mfu is not None:
         metrics["mfu"] = mfu
+    if self.stream_stats is not None:
+      metrics.update(self.stream_stats.scalars())
     if self.first_step_s is not None:
       metrics["first_step_s"] = self.first_step_s  # compilation included
       self.first_step_s = None

@@ -75,7 +75,9 @@ def test_report_states_selection_and_decontamination(tmp_path):
     assert report["sets"][name]["selection"] == ("best template chosen on the validation split, reported on the "
                                                  "test split")
   counts = report["decontamination"]
-  expected = scan("proc_add_zs_noopt", ["proc_add_zs_noopt"], max_per_task=20)["totals"]
+  expected = scan("proc_add_zs_noopt", ["proc_add_zs_noopt"], max_per_task=20,
+                  eval_splits=("test", "validation"))["totals"]
+  assert counts["seen"]["eval_splits"] == ["test", "validation"]  # both splits the eval reads
   assert counts["seen"]["contaminated"] == expected["contaminated"] > 0  # same task, same templates
   assert counts["seen"]["train_examples_scanned"] == expected["examples"] == 20
   md = (tmp_path / "report.md").read_text()

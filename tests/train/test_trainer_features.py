@@ -53,3 +53,22 @@ def test_metrics_report_step_time_tokens_and_mfu(reference):
   for r in list(records.values())[1:]:
     assert r["step_time_s"] > 0 and r["tokens_per_s"] > 0
     np.testing.assert_allclose(r["mfu"], 6 * n_params * r["tokens_per_s"] / (1e12 * 8), rtol=1e-6)
+
+
+def test_stream_counts_reach_the_metrics(reference, tmp_path):
+  """Packing efficiency always; dedup and decontamination (against the eval sets) when switched on."""
+  assert all(0.5 < r["data/packing_efficiency"] <= 1 for r in read_metrics(reference).values() if "loss" in r)
+  assert not any("data/decontaminated" in r for r in read_metrics(reference).values())
+  d = tmp_path / "clean"
+  # Training on the task that is also the "seen" eval set: its test/validation 13-grams recur in train.
+  assert train(d, "--gin.TRAIN_STEPS=2", "--gin.EVAL_MIXTURES={'seen': 'proc_add_zs_noopt'}",
+               "--gin.train.dedup=True", "--gin.train.decontaminate=True", "--gin.eval_settings.split='test'",
+               "--gin.eval_settings.selection_split='validation'") == 0
+  last = read_metrics(d)[2]
+  assert last["data/decontaminated"] > 0 and last["data/dedup_examples"] > 0
+  assert "data/dedup_dropped" not in last or last["data/dedup_dropped"] < last["data/dedup_examples"]
+
+
+def test_decontaminate_without_eval_sets_is_a_user_error(tmp_path, capsys):
+  assert train(tmp_path / "x", "--gin.train.decontaminate=True") == 2
+  assert "train.decontaminate=True needs train.eval_mixtures" in capsys.readouterr().err
