@@ -31,7 +31,7 @@ import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
-from itjax.data.tasks import TASK_INFO, TaskInfo, output_features
+from itjax.data.tasks import TASK_INFO, TaskInfo, output_features, record_untrimmed_lengths
 
 # Source features: one string per turn, padded with "" roles to the longest conversation of a chunk.
 ROLES = "turn_roles"
@@ -135,7 +135,7 @@ def register_chat_task(dataset: str, cluster: str | Sequence[str], source: seqio
   seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(vocabulary),
       preprocessors=[functools.partial(render_chat, task=name, dataset=dataset, cluster=clusters[0]),
-                     seqio.preprocessors.append_eos_after_trim],
+                     record_untrimmed_lengths, seqio.preprocessors.append_eos_after_trim],
       metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
   TASK_INFO[name] = TaskInfo(name, dataset, clusters, tmpl.ZERO_SHOT_NOOPT, 1, False, 1)
   CHAT_TASKS.add(name)

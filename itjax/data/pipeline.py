@@ -15,10 +15,15 @@ The stream is deterministic given the seed and the host's shard, so its position
 number of batches consumed: a resumed run skips that many and sees exactly the batches an
 uninterrupted run would have seen. What the stream drops, truncates or pads is counted in a
 `StreamStats` (pass one in as `stats` to read it).
+
+Truncation follows seqio (inputs keep their first tokens, few-shot inputs lose their oldest
+exemplars from the left, targets keep the EOS; chat histories lose whole turns, `itjax.data.chat`)
+and is counted per example: `inputs_truncated`, `targets_truncated` of `examples` streamed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Mapping
 
@@ -34,6 +39,7 @@ from itjax.data.feature_converters import PACKERS, check_packer, feature_convert
 from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
+from itjax.data.tasks import UNTRIMMED  # noqa: E402
 
 # Features the trainer consumes (decoder_causal_attention is for bidirectional prefix LMs; ours are causal).
 DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
@@ -43,23 +49,33 @@ TEXT_FEATURES = ("inputs_pretokenized", "targets_pretokenized")
 CHAT_COUNTS = (chat.TURNS_DROPPED, chat.TOKENS_CUT)
 
 
+def _counts(ex: Mapping[str, tf.Tensor], *, lengths: Mapping[str, int], is_chat: bool) -> dict[str, tf.Tensor]:
+  """What one streamed example adds to the counters: itself, whether it was truncated, chat cuts."""
+  out = {"examples": 1}
+  for key, feature in UNTRIMMED.items():
+    if feature in ex and lengths.get(key):  # tasks registered through itjax.data.tasks record their lengths
+      out[f"{key}_truncated"] = tf.cast(ex[feature] > lengths[key], tf.int64)
+  if is_chat:
+    out.update({"chat_examples": 1, "chat_turns_dropped": ex[chat.TURNS_DROPPED],
+                "chat_tokens_cut": ex[chat.TOKENS_CUT],
+                "chat_examples_truncated": tf.cast(ex[chat.TURNS_DROPPED] + ex[chat.TOKENS_CUT] > 0, tf.int64)})
+  return out
+
+
 def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
                  use_cached: bool, keep_text: bool, with_mask: bool, dedup: bool,
                  stats: StreamStats) -> tf.data.Dataset:
   """One task's infinite, shuffled training examples: inputs, targets [, LOSS_MASK] [, texts]."""
   is_chat = chat.is_chat_task(task.name)
-  keep = ("inputs", "targets") + ((chat.LOSS_MASK, *CHAT_COUNTS) if is_chat else ()) + (TEXT_FEATURES if keep_text
-                                                                                        else ())
+  keep = ("inputs", "targets", *UNTRIMMED.values()) + ((chat.LOSS_MASK, *CHAT_COUNTS) if is_chat else ()) + (
+      TEXT_FEATURES if keep_text else ())
   if dedup:
     ds = dedup_lib.deduplicated(task, lengths, keep=(*keep, *TEXT_FEATURES), seed=seed, shard_info=shard_info,
                                 use_cached=use_cached, stats=stats)
   else:
     ds = task.get_dataset(lengths, split="train", shuffle=True, num_epochs=None, seed=seed, use_cached=use_cached,
                           shard_info=shard_info)
-  if is_chat:
-    ds = stats.counted(ds, lambda ex: {
-        "chat_examples": 1, "chat_turns_dropped": ex[chat.TURNS_DROPPED], "chat_tokens_cut": ex[chat.TOKENS_CUT],
-        "chat_examples_truncated": tf.cast(ex[chat.TURNS_DROPPED] + ex[chat.TOKENS_CUT] > 0, tf.int64)})
+  ds = stats.counted(ds, functools.partial(_counts, lengths=lengths, is_chat=is_chat))
 
   def select(ex):
     out = {"inputs": ex["inputs"], "targets": ex["targets"]}

@@ -23,6 +23,9 @@ log = logging.getLogger("itjax")
 
 # In-graph counters and what they count.
 GRAPH_COUNTERS = {
+    "examples": "examples read from the tasks (after dedup; before decontamination and packing)",
+    "inputs_truncated": "examples whose inputs were cut to the inputs length",
+    "targets_truncated": "examples whose targets were cut to the targets length (EOS kept)",
     "decontaminated": "examples dropped for sharing an n-gram with eval data",
     "chat_examples": "chat conversations streamed",
     "chat_examples_truncated": "conversations that lost turns or tokens to the inputs length",

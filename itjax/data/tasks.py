@@ -26,6 +26,8 @@ EXEMPLAR_SEED = 4321
 SHOTS = "_shots"  # transient feature: a few-shot example's candidate exemplars
 # String features every source must provide besides its template fields.
 META_FIELDS = ("answer", "split")
+# Token counts before trimming (targets with their EOS), so that the training stream can count truncation.
+UNTRIMMED = {"inputs": "inputs_untrimmed_length", "targets": "targets_untrimmed_length"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,18 @@ TASK_INFO: dict[str, TaskInfo] = {}
 def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
   vocab = vocabulary or TASK_VOCABULARY
   return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
+
+
+def record_untrimmed_lengths(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Notes each tokenized example's lengths before any trimming (the seqio preprocessor before the trims).
+
+  The truncation policy itself is seqio's: inputs keep their first `inputs` tokens (few-shot inputs
+  lose their oldest exemplar tokens from the left instead), targets their first `targets - 1` and
+  the EOS. `itjax.data.pipeline` counts, per example, which of the two were cut.
+  """
+  return ds.map(lambda ex: {**ex, UNTRIMMED["inputs"]: tf.size(ex["inputs"]),
+                            UNTRIMMED["targets"]: tf.size(ex["targets"]) + 1},
+                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
@@ -134,6 +148,7 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
                               dataset=dataset, cluster=clusters[0], exemplars=exemplars if few else None,
                               num_shots=num_shots),
             seqio.preprocessors.tokenize,
+            record_untrimmed_lengths,
             # Few-shot prompts lose their oldest exemplar text first, never the query.
             *([seqio.preprocessors.truncate_inputs_left] if few else []),
             seqio.preprocessors.append_eos_after_trim,

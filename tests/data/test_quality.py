@@ -105,3 +105,24 @@ def test_sharded_reading_is_disjoint_and_complete():
   assert len(everything) == 37 and len(set(everything)) == 37
   assert a and b and not set(a) & set(b)
   assert sorted(a + b) == sorted(everything)
+
+
+@pytest.mark.parametrize("task,lengths", [("proc_add_zs_noopt", {"inputs": 12, "targets": 2}),
+                                          ("proc_add_fs_noopt", {"inputs": 40, "targets": 16})])
+def test_stream_counts_exactly_the_examples_it_truncates(task, lengths):
+  """The stream's counters against each example's own untrimmed lengths (few-shot: before the left cut)."""
+  from itjax.data.pipeline import _counts
+  from itjax.data.stream_stats import StreamStats
+
+  t = seqio.get_mixture_or_task(task)
+  full = list(t.get_dataset(None, split="train", shuffle=False, num_epochs=1).take(200).as_numpy_iterator())
+  expected = {k: sum(len(ex[k]) > lengths[k] for ex in full) for k in ("inputs", "targets")}
+  stats = StreamStats()
+  trimmed = t.get_dataset(lengths, split="train", shuffle=False, num_epochs=1).take(200)
+  for ex in stats.counted(trimmed, lambda e: _counts(e, lengths=lengths, is_chat=False)).as_numpy_iterator():
+    assert len(ex["inputs"]) <= lengths["inputs"] and len(ex["targets"]) <= lengths["targets"]
+  counts = stats.as_dict()
+  assert counts["examples"] == 200
+  assert counts["inputs_truncated"] == expected["inputs"] > 0
+  assert counts["targets_truncated"] == expected["targets"]
+  assert "inputs_truncated=" in stats.summary()
