@@ -6,8 +6,10 @@ exactly their assistant turns (the mask inside inputs, and all of targets); and 
 `packer="best_fit"` rows are packed by `itjax.data.packing` instead of seqio's greedy packer. A
 stream without LOSS_MASK converts exactly as seqio's converter does, token for token.
 
-`EncDecConverter` is seqio's EncDecFeatureConverter with the same packer choice; chat examples
-become one example per assistant turn first (`chat.one_example_per_turn`).
+`EncDecConverter` is seqio's EncDecFeatureConverter with the same packer choice and EOS appended
+to every encoder input (as T5 and Flan-T5 were trained; our tasks' inputs carry no EOS, which a
+decoder-only row must not have mid-row): read tasks at `task_lengths` so that inputs leave room
+for it. Chat examples become one example per assistant turn first (`chat.one_example_per_turn`).
 
 Both keep seqio's packed layout (segment ids 1, 2, ... per example, positions restarting at 0,
 padding 0), so the models' packing masks apply unchanged.
@@ -25,6 +27,14 @@ from itjax.data.stream_stats import StreamStats
 
 PACKERS = ("best_fit", "seqio")
 _MASK = "loss_mask"  # concatenated [inputs mask, targets ones], stored +1 so seqio's packer sees no zeros
+
+
+def task_lengths(feature_lengths: Mapping[str, int], encoder_decoder: bool) -> dict[str, int]:
+  """The lengths to read task examples at: an encoder's inputs keep one token for the EOS appended to them."""
+  lengths = dict(feature_lengths)
+  if encoder_decoder:
+    lengths["inputs"] -= 1
+  return lengths
 
 
 def check_packer(packer: str) -> str:
@@ -84,11 +94,25 @@ class PrefixLMConverter(_Packing, seqio.PrefixLMFeatureConverter):
 class EncDecConverter(_Packing, seqio.EncDecFeatureConverter):
   """Encoder-decoder features (inputs and targets packed jointly); chat: one example per assistant turn."""
 
-  def __init__(self, pack: bool = True, *, packer: str = "best_fit", stats: StreamStats | None = None, **kwargs):
-    self._packer, self._stats = check_packer(packer), stats
+  def __init__(self, pack: bool = True, *, packer: str = "best_fit", stats: StreamStats | None = None,
+               inputs_eos_id: int = 1, **kwargs):
+    self._packer, self._stats, self._eos = check_packer(packer), stats, inputs_eos_id
     super().__init__(pack=pack, **kwargs)
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    ds = self._with_eos(self._per_turn(ds, task_feature_lengths), task_feature_lengths["inputs"])
+    return super()._convert_features(ds, task_feature_lengths)
+
+  def _with_eos(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    """Inputs + EOS, trimmed to `length` keeping the EOS (a no-op trim for inputs read at `task_lengths`)."""
+    eos = tf.constant([self._eos], tf.int32)
+
+    def add(ex):
+      return {**ex, "inputs": tf.concat([tf.cast(ex["inputs"][:length - 1], tf.int32), eos], 0)}
+
+    return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _per_turn(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     if chat.LOSS_MASK in ds.element_spec:
       count = None
       if self._stats is not None:
@@ -98,11 +122,13 @@ class EncDecConverter(_Packing, seqio.EncDecFeatureConverter):
           return stats.add({"enc_dec_turn_examples": c["examples"], "enc_dec_turn_tokens_cut": c["tokens_cut"]})
 
       ds = chat.one_example_per_turn(ds, task_feature_lengths["targets"], count)
-    return super()._convert_features(ds, task_feature_lengths)
+    return ds
 
 
 def feature_converter(encoder_decoder: bool, pack: bool, *, packer: str = "best_fit",
-                      stats: StreamStats | None = None) -> seqio.FeatureConverter:
-  """The converter for the architecture: EncDec, or PrefixLM for decoder-only (see the module docstring)."""
-  cls = EncDecConverter if encoder_decoder else PrefixLMConverter
-  return cls(pack=pack, packer=packer, stats=stats)
+                      stats: StreamStats | None = None, eos_id: int = 1) -> seqio.FeatureConverter:
+  """The converter for the architecture: EncDec (EOS `eos_id` ending the encoder inputs), or PrefixLM for
+  decoder-only (see the module docstring)."""
+  if encoder_decoder:
+    return EncDecConverter(pack=pack, packer=packer, stats=stats, inputs_eos_id=eos_id)
+  return PrefixLMConverter(pack=pack, packer=packer, stats=stats)

@@ -1,7 +1,7 @@
 """Training batches: seqio tasks -> mixed examples -> [dedup, decontamination] -> model features -> numpy, per host.
 
 Decoder-only models get PrefixLM features (BOS + inputs + targets in one row, loss on the targets
-and, for chat, on every assistant turn); encoder-decoders EncDec features (inputs and targets
+and, for chat, on every assistant turn); encoder-decoders EncDec features (inputs + EOS and targets
 packed side by side, with segment ids and positions on both); see
 `itjax.data.feature_converters`. Rows are packed best-fit by default (`packer="best_fit"`, about
 96% non-padding at the offline default's 96 + 32 tokens against seqio's greedy packer's 73%);
@@ -35,11 +35,12 @@ import tensorflow as tf  # noqa: E402
 
 from itjax.data import chat  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
-from itjax.data.feature_converters import PACKERS, check_packer, feature_converter  # noqa: E402,F401
+from itjax.data.feature_converters import PACKERS, check_packer, feature_converter, task_lengths  # noqa: E402,F401
 from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
 from itjax.data.tasks import UNTRIMMED  # noqa: E402
+from itjax.data.vocab import default_vocabulary  # noqa: E402
 
 # Features the trainer consumes (decoder_causal_attention is for bidirectional prefix LMs; ours are causal).
 DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
@@ -125,7 +126,8 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   check_packer(packer)
   lengths = dict(task_feature_lengths)
   stats = stats if stats is not None else StreamStats()
-  ds = train_examples(mixture_or_task_name, lengths, seed=seed, shard_index=shard_index, num_shards=num_shards,
+  ds = train_examples(mixture_or_task_name, task_lengths(lengths, encoder_decoder), seed=seed,
+                      shard_index=shard_index, num_shards=num_shards,
                       use_cached=use_cached, keep_text=decontaminate is not None, dedup=dedup, stats=stats)
   if decontaminate is not None:
     def clean(ex):
@@ -136,7 +138,8 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
         return tf.identity(keep)
 
     ds = ds.filter(clean).map(lambda ex: {k: v for k, v in ex.items() if k not in TEXT_FEATURES})
-  ds = feature_converter(encoder_decoder, pack, packer=packer, stats=stats)(ds, lengths)
+  ds = feature_converter(encoder_decoder, pack, packer=packer, stats=stats,
+                         eos_id=default_vocabulary().eos_id)(ds, lengths)
   keep = DECODER_FEATURES + (ENCODER_FEATURES if encoder_decoder else ())
   ds = ds.map(lambda ex: {k: ex[k] for k in keep if k in ex})
   ds = ds.batch(batch_size, drop_remainder=True)

@@ -166,9 +166,13 @@ class TaskVocabulary(seqio.Vocabulary):
 TASK_VOCABULARY = TaskVocabulary()
 
 
-def check_vocabulary_fits(vocab_size: int, what: str = "the model") -> None:
-  """A clear error when the tokenizer has ids the model's embedding cannot hold."""
-  n = default_vocabulary().vocab_size
-  if n > vocab_size:
-    raise UserError(f"the vocabulary has {n} ids but {what} has vocab_size={vocab_size}: set vocabulary.path to "
-                    "the model's tokenizer (or a larger vocab_size)")
+def check_vocabulary_fits(vocab_size: int, what: str = "the model", eos_id: int | None = None) -> None:
+  """A clear error when the tokenizer has ids the model's embedding cannot hold, or (given the model's
+  `eos_id`, which ends an encoder's inputs) another EOS."""
+  v = default_vocabulary()
+  if v.vocab_size > vocab_size:
+    raise UserError(f"the vocabulary has {v.vocab_size} ids but {what} has vocab_size={vocab_size}: set "
+                    "vocabulary.path to the model's tokenizer (or a larger vocab_size)")
+  if eos_id is not None and v.eos_id != eos_id:
+    raise UserError(f"the vocabulary's EOS is id {v.eos_id} but {what} has eos_id={eos_id}: set vocabulary.path "
+                    "to the model's tokenizer (or the config's eos_id)")

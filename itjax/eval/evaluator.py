@@ -15,6 +15,7 @@ import flax.linen as nn
 import gin
 import jax
 
+from itjax.data.feature_converters import task_lengths
 from itjax.data.quality import scan
 from itjax.data.registry import leaf_tasks
 from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
@@ -23,6 +24,7 @@ from itjax.errors import UserError
 from itjax.eval.generate import EVAL_SPLIT, eval_examples, predict
 from itjax.eval.rank import rank_classify
 from itjax.eval.report import write_report
+from itjax.models.interface import interface_for
 
 log = logging.getLogger("itjax")
 
@@ -121,14 +123,16 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
   settings = eval_settings()
   vocab = default_vocabulary()
   split, selection_split = settings["split"], settings["selection_split"]
+  # Prompts as training read them (an encoder's inputs leave room for their EOS).
+  lengths = task_lengths(task_feature_lengths, interface_for(model).encoder_decoder)
   sets, selections = {}, {}
   for set_name, mixture in eval_mixtures.items():
     for s in {split, selection_split} - {None}:
       _check_split(mixture, s)
-    rows = eval_examples(mixture, task_feature_lengths, settings["max_per_task"], split=split)
+    rows = eval_examples(mixture, lengths, settings["max_per_task"], split=split)
     sets[set_name] = (rows, *_predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules))
     if selection_split and selection_split != split:
-      dev = eval_examples(mixture, task_feature_lengths, settings["max_per_task"], split=selection_split)
+      dev = eval_examples(mixture, lengths, settings["max_per_task"], split=selection_split)
       _, dev_scores = _predict_and_score(model, params_by_name, dev, vocab, settings, mesh, rules)
       selections[set_name] = (f"best template chosen on the {selection_split} split, reported on the {split} split",
                               dev, dev_scores)

@@ -86,6 +86,7 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> T5Config:
       relative_attention_max_distance=int(hf_config.get("relative_attention_max_distance", 128)),
       dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
       norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-6)),
+      eos_id=int(hf_config.get("eos_token_id", 1)),
   )
   try:
     return dataclasses.replace(cfg, **overrides)
@@ -126,7 +127,7 @@ def config_to_hf(cfg: T5Config) -> dict[str, Any]:
       "is_encoder_decoder": True,
       "use_cache": True,
       "pad_token_id": 0,
-      "eos_token_id": 1,
+      "eos_token_id": cfg.eos_id,
       "decoder_start_token_id": 0,
   }
 

@@ -4,7 +4,8 @@
 targets in one row, loss on the targets) or a `T5` (encoder-decoder, seqio's EncDec features) so
 that the trainer, the evaluator, `itjax infer`, the lm-eval backend and `itjax serve` share one
 code path: the batch -> logits function, generation from prompt token ids, and continuation
-scoring. Prompts here are a task's `inputs` token ids, exactly as the feature converters see them.
+scoring. Prompts here are a task's `inputs` token ids, as the feature converters see them; an
+encoder-decoder's encoder reads them followed by EOS (`T5Config.eos_id`), as it does in training.
 With several processes, every process calls these with the same rows (one global computation
 over all devices) and gets every result back.
 """
@@ -102,8 +103,11 @@ class EncoderDecoder:
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                pad_multiple: int = PAD_MULTIPLE) -> np.ndarray:
-    """New tokens [len(prompts), max_new_tokens] for each encoder input (EOS kept, 0 after)."""
-    tokens, mask = scoring.right_pad([list(p) or [eos_id] for p in prompts], pad_multiple)
+    """New tokens [len(prompts), max_new_tokens] for each prompt + EOS (EOS kept, 0 after).
+
+    `eos_id` stops generation; the encoder inputs end with the model's own EOS (`T5Config.eos_id`).
+    """
+    tokens, mask = scoring.right_pad([self.encoder_input(p) for p in prompts], pad_multiple)
     if _sampling_args(temperature, top_k, top_p):
       out = enc_dec_decoding.sample_decode(self.model, params, tokens, mask, jax.random.key(seed),
                                            max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
@@ -114,7 +118,12 @@ class EncoderDecoder:
     return scoring.to_host(out)
 
   def score(self, params, pairs: Sequence[Pair], *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(self.encoder_input(p), c) for p, c in pairs]
     return scoring.score_enc_dec_continuations(self.model, params, pairs, batch_size=batch_size)
+
+  def encoder_input(self, prompt: Sequence[int]) -> list[int]:
+    """What the encoder reads for a prompt: its ids and EOS (`EncDecConverter` appends it in training)."""
+    return [*prompt, self.model.cfg.eos_id]
 
 
 ModelInterface = DecoderOnly | EncoderDecoder

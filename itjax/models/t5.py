@@ -52,6 +52,8 @@ class T5Config:
   remat_policy: str = "none"  # none | full | dots_with_no_batch_dims | dots
   scan_layers: bool = False
   max_decode_length: int = 512  # decoder KV-cache slots
+  # Ends every encoder input (T5/Flan-T5 were trained so; HF's T5 tokenizers append it): HF eos_token_id.
+  eos_id: int = 1
   peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
 
   def __post_init__(self):

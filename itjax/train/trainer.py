@@ -235,7 +235,7 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
   os.makedirs(model_dir, exist_ok=True)
   # The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was converted with.
   vocab.use_model_dir_vocabulary(find_model_dir(initial_checkpoint_path) if initial_checkpoint_path else None)
-  vocab.check_vocabulary_fits(model_config.vocab_size, "MODEL")
+  vocab.check_vocabulary_fits(model_config.vocab_size, "MODEL", getattr(model_config, "eos_id", None))
   if jax.process_index() == 0:
     save_model_config(model_dir, model_config)
     if vocab.active_path():  # eval/infer/export of this MODEL_DIR find the tokenizer beside the checkpoints

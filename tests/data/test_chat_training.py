@@ -171,8 +171,8 @@ def test_enc_dec_chat_is_one_example_per_assistant_turn(chat_task):
                .as_numpy_iterator())
   u1, a1, u2, a2, u3 = (expected_row([t])[0] for t in CONV[:5])
   want = [(u1, a1), (u1 + a1 + u2, _enc("si") + [EOS]), (u1 + a1 + u2 + a2 + u3, _enc("Yo") + [EOS])]
-  for row, (enc, dec) in enumerate(want):
-    assert batch["encoder_input_tokens"][row][batch["encoder_input_tokens"][row] > 0].tolist() == enc
+  for row, (enc, dec) in enumerate(want):  # the encoder reads the history and EOS
+    assert batch["encoder_input_tokens"][row][batch["encoder_input_tokens"][row] > 0].tolist() == enc + [EOS]
     assert batch["decoder_target_tokens"][row][batch["decoder_target_tokens"][row] > 0].tolist() == dec
     assert batch["decoder_loss_weights"][row].tolist() == [1] * len(dec) + [0] * (3 - len(dec))
   counts = stats.as_dict()
@@ -184,8 +184,8 @@ def test_enc_dec_chat_is_one_example_per_assistant_turn(chat_task):
 def test_enc_dec_packed_chat_turns(chat_task):
   name = chat_task([CONV, SHORT])
   u1, a1, u2, a2, u3 = (expected_row([t])[0] for t in CONV[:5])
-  want = {(tuple(u1), tuple(a1)), (tuple(u1 + a1 + u2), tuple(a2)),
-          (tuple(u1 + a1 + u2 + a2 + u3), tuple(_enc("You're welcome.") + [EOS]))}
+  want = {(tuple(u1 + [EOS]), tuple(a1)), (tuple(u1 + a1 + u2 + [EOS]), tuple(a2)),
+          (tuple(u1 + a1 + u2 + a2 + u3 + [EOS]), tuple(_enc("You're welcome.") + [EOS]))}
   pairs, multi = set(), False
   for batch in train_dataset(name, LENGTHS, 16, seed=0, encoder_decoder=True).take(40).as_numpy_iterator():
     for row in range(16):
@@ -199,7 +199,7 @@ def test_enc_dec_packed_chat_turns(chat_task):
     if want <= pairs and multi:
       break
   assert want <= pairs and multi
-  assert pairs <= want | {(tuple(expected_row(SHORT[:1])[0]), tuple(_enc("Yo") + [EOS]))}  # nothing else
+  assert pairs <= want | {(tuple(expected_row(SHORT[:1])[0] + [EOS]), tuple(_enc("Yo") + [EOS]))}  # nothing else
 
 
 def test_eval_split_prompts_are_the_history(chat_task):

@@ -123,10 +123,17 @@ def test_prefix_lm_features_equal_seqio_converter(tasks, pack):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+def _inputs_with_eos(ds):
+  """The examples as a seqio task with EOS-terminated inputs (T5's `Feature(add_eos=True)`) gives them."""
+  return ds.map(lambda ex: {**ex, "inputs": tf.concat([ex["inputs"], [1]], 0)})
+
+
 def test_enc_dec_features_equal_seqio_converter(tasks):
+  """Ours append EOS to the inputs; otherwise seqio's EncDec features, token for token."""
   for pack in (False, True):
     a = list(EncDecConverter(pack=pack, packer="seqio")(_finite(tasks[0]), LENGTHS).as_numpy_iterator())
-    b = list(seqio.EncDecFeatureConverter(pack=pack)(_finite(tasks[0]), LENGTHS).as_numpy_iterator())
+    b = list(seqio.EncDecFeatureConverter(pack=pack)(_inputs_with_eos(_finite(tasks[0])), LENGTHS)
+             .as_numpy_iterator())
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
       for k in y:
@@ -159,7 +166,8 @@ def test_enc_dec_best_fit_packs_inputs_and_targets_jointly(tasks):
   rows = list(EncDecConverter(pack=True)(_finite(tasks[0]), LENGTHS).as_numpy_iterator())
   alone = {(tuple(r["encoder_input_tokens"][r["encoder_input_tokens"] > 0]),
             tuple(r["decoder_target_tokens"][r["decoder_target_tokens"] > 0]))
-           for r in seqio.EncDecFeatureConverter(pack=False)(_finite(tasks[0]), LENGTHS).as_numpy_iterator()}
+           for r in seqio.EncDecFeatureConverter(pack=False)(_inputs_with_eos(_finite(tasks[0])), LENGTHS)
+           .as_numpy_iterator()}
   found = []
   for r in rows:
     es, ds_ = r["encoder_segment_ids"], r["decoder_segment_ids"]

@@ -347,3 +347,19 @@ def test_unsupported_configs(change, pattern):
 def test_export_rejects_unsupported_mlp():
   with pytest.raises(UserError, match="gated relu"):
     hf_t5.config_to_hf(dataclasses.replace(EXPORT_CASES["original"], gated_mlp=True))
+
+
+def test_interface_gives_the_encoder_prompts_as_t5_tokenizers_do(hf_dirs):
+  """Task inputs carry no EOS; the interface appends it, as HF's T5 tokenizer does: generate then agrees with HF's."""
+  from itjax.models.interface import interface_for
+
+  path, model = hf_dirs["v1_1_untied"]
+  cfg, params = hf_t5.load_hf_dir(path)
+  rng = np.random.default_rng(5)
+  prompts = [rng.integers(2, VOCAB, size=n).tolist() for n in (5, 11)]
+  ours = interface_for(T5(cfg)).generate(params, prompts, max_new_tokens=6, eos_id=1)
+  for p, row in zip(prompts, ours, strict=True):
+    with torch.no_grad():
+      seq = model.generate(input_ids=torch.tensor([p + [1]]), do_sample=False, num_beams=1, max_new_tokens=6,
+                           eos_token_id=1, pad_token_id=0, decoder_start_token_id=0, use_cache=False)
+    np.testing.assert_array_equal(row, _pad_to(seq.numpy()[:, 1:], 6)[0])

@@ -23,6 +23,7 @@ from itjax.models.decoder import DecoderConfig  # noqa: E402
 from itjax.models.t5 import T5Config  # noqa: E402
 from itjax.peft import adapters, lora, prefix_tuning  # noqa: E402
 from itjax.peft.export import save_merged_hf, save_peft_adapter  # noqa: E402
+from itjax.peft.lora import merge_lora  # noqa: E402
 from itjax.peft.method import combine, init_trainable, split, with_peft  # noqa: E402
 
 torch.set_num_threads(1)
@@ -104,8 +105,12 @@ def test_lora_adapter_loads_in_peft_with_the_same_logits(tmp_path, case):
   diff = np.abs(_torch_logits(model, cfg) - ours).max()
   assert diff < TOL, f"max |logit diff| {diff}"
   # The same adapter merged into the base is a plain HF model with those logits.
+  # Merging is exact up to fp32 rounding (x(W + sBA) vs xW + s(xB)A, amplified through the layers); the export
+  # of the merged weights is then held to the parity tolerance.
+  merged = _itjax_logits(cfg, merge_lora(combine(base, trainable), peft))
+  assert np.abs(merged - ours).max() < 1e-3
   save_merged_hf(with_peft(cfg, peft), combine(base, trainable), str(tmp_path / "merged"))
-  diff = np.abs(_torch_logits(_load_hf(cfg, tmp_path / "merged"), cfg) - ours).max()
+  diff = np.abs(_torch_logits(_load_hf(cfg, tmp_path / "merged"), cfg) - merged).max()
   assert diff < TOL, f"merged: max |logit diff| {diff}"
 
 

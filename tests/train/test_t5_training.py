@@ -11,6 +11,7 @@ import seqio
 
 from itjax.cli import main
 from itjax.data.pipeline import numpy_batches, train_dataset
+from itjax.data.stream_stats import StreamStats
 from itjax.models.interface import interface_for
 from itjax.models.t5 import T5, T5Config
 from itjax.train.summaries import read_metrics
@@ -76,6 +77,39 @@ def test_enc_dec_features_pack_inputs_and_targets_with_target_only_loss():
       np.testing.assert_array_equal(batch["decoder_input_tokens"][row, idx[1:]],
                                     batch["decoder_target_tokens"][row, idx[:-1]])
       assert set(batch["encoder_segment_ids"][row][batch["encoder_segment_ids"][row] > 0].tolist()) >= {s}
+      # Every encoder segment ends with EOS (as T5 was pretrained); EOS nowhere else in the inputs.
+      enc = batch["encoder_input_tokens"][row][batch["encoder_segment_ids"][row] == s]
+      assert enc[-1] == 1 and 1 not in enc[:-1].tolist()
+
+
+def test_enc_dec_inputs_keep_room_for_eos_and_count_that_truncation():
+  """Tasks are read with inputs of length - 1, then EOS ends each: nothing but the EOS is added or lost."""
+  import tensorflow as tf
+
+  from itjax.data.feature_converters import EncDecConverter, task_lengths
+
+  lengths = {"inputs": 12, "targets": 16}
+  assert task_lengths(lengths, True) == {"inputs": 11, "targets": 16} and task_lengths(lengths, False) == lengths
+  examples = [list(range(3, 8)), list(range(3, 14))]  # 5 and 11 (= 12 - 1) tokens
+  ds = tf.data.Dataset.from_generator(lambda: ({"inputs": x, "targets": [7, 1]} for x in examples),
+                                      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
+                                                        "targets": tf.TensorSpec([None], tf.int32)})
+  rows = list(EncDecConverter(pack=False)(ds, lengths).as_numpy_iterator())
+  for x, row in zip(examples, rows, strict=True):
+    enc = row["encoder_input_tokens"]
+    assert enc[enc > 0].tolist() == x + [1]
+  stats = StreamStats()
+  batch = next(numpy_batches(train_dataset("proc_add_zs_noopt", lengths, 8, seed=0, encoder_decoder=True,
+                                           pack=False, stats=stats)))
+  for enc in batch["encoder_input_tokens"]:
+    assert enc[enc > 0][-1] == 1
+  assert stats.as_dict()["inputs_truncated"] > 0  # counted against the 11 tokens the text may have
+
+
+def test_a_vocabulary_with_another_eos_is_refused(tmp_path, capsys):
+  assert _train(tmp_path / "eos", "--gin.T5Config.eos_id=2", "--gin.TRAIN_STEPS=1",
+                "--gin.EVAL_MIXTURES=None") == 2
+  assert "the vocabulary's EOS is id 1 but MODEL has eos_id=2" in capsys.readouterr().err
 
 
 def test_packed_batch_loss_logits_equal_each_example_alone():
@@ -111,7 +145,8 @@ def test_enc_dec_scores_equal_the_log_softmax_of_a_plain_forward():
            (list(vocab.encode("x")), [1])]
   scores, greedy = interface_for(model).score(params, pairs, batch_size=2)
   for (p, c), s in zip(pairs, scores, strict=True):
-    logits = model.apply({"params": params}, jnp.asarray([p]), jnp.asarray([[0] + c[:-1]]))
+    # The encoder reads the prompt and EOS, as T5 tokenizers and the training features give it.
+    logits = model.apply({"params": params}, jnp.asarray([p + [cfg.eos_id]]), jnp.asarray([[0] + c[:-1]]))
     logp = jax.nn.log_softmax(logits[0], axis=-1)
     assert s == pytest.approx(float(sum(logp[i, t] for i, t in enumerate(c))), abs=1e-4)
   assert greedy.dtype == bool and greedy.shape == (3,)
@@ -123,10 +158,10 @@ def test_enc_dec_generate_matches_step_by_step_argmax():
   model = T5(cfg)
   params = model.init(jax.random.key(2), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, 4), jnp.int32))["params"]
   prompts = [[10, 11, 12], [20, 21, 22, 23, 24, 25]]
-  out = interface_for(model).generate(params, prompts, max_new_tokens=5, eos_id=-1)
+  out = interface_for(model).generate(params, prompts, max_new_tokens=5, eos_id=-1)  # -1: never stops
   for p, row in zip(prompts, out, strict=True):
     dec = [0]
     for _ in range(5):
-      logits = model.apply({"params": params}, jnp.asarray([p]), jnp.asarray([dec]))
+      logits = model.apply({"params": params}, jnp.asarray([p + [cfg.eos_id]]), jnp.asarray([dec]))
       dec.append(int(jnp.argmax(logits[0, -1])))
     assert row.tolist() == dec[1:]
