@@ -59,9 +59,11 @@ def quality_text(name: str, against: list[str], max_examples: int | None = None,
   t = report["totals"]
   lines = [f"training {name} vs eval {', '.join(against)} "
            f"({report['ngram']}-grams, {report['eval_ngrams']:,} eval grams)",
-           f"{'task':<40} {'examples':>9} {'exact dup':>9} {'norm dup':>9} {'contam.':>9} {'truncated':>9}"]
+           f"{'task':<40} {'examples':>9} {'exact dup':>9} {'norm dup':>9} {'contam.':>9} {'truncated':>9} "
+           f"{'skipped':>9}"]
   for task, c in [*report["tasks"].items(), ("total", t)]:
     trunc = "-" if c["truncated"] is None else f"{c['truncated']:,}"
     lines.append(f"{task:<40} {c['examples']:>9,} {c['exact_duplicates']:>9,} {c['normalized_duplicates']:>9,} "
-                 f"{c['contaminated']:>9,} {trunc:>9}")
+                 f"{c['contaminated']:>9,} {trunc:>9} {c['skipped']:>9,}")
+  lines.append("skipped: source rows a dataset's documented filter dropped (unlabeled rows, empty answers)")
   return "\n".join(lines)

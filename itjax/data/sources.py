@@ -48,12 +48,35 @@ class TfdsSource(seqio.TfdsDataSource):
   """`seqio.TfdsDataSource` that tags examples with their split name (lazy: loads nothing here).
 
   `splits` maps itjax split names to TFDS split expressions, e.g.
-  {"train": "train", "validation": "validation_matched"}.
+  {"train": "train", "validation": "validation_matched"}. `max_examples` caps splits (FLAN reads at
+  most 30k training examples per dataset): a capped split is the first `max` examples in file order,
+  the same subset every epoch (files are not shuffled; the task's shuffle buffer still mixes
+  them), and each of `n` host shards reads its `max / n` part. Mixing rates see the capped size.
   """
+
+  def __init__(self, *args, max_examples: Mapping[str, int] | None = None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._max = dict(max_examples or {})
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached: bool = False,
                   num_epochs: int | None = 1) -> tf.data.Dataset:
-    ds = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
+    cap = self._max.get(split)
+    ds = super().get_dataset(split=split, shuffle=shuffle and cap is None, seed=seed, shard_info=shard_info,
                              sequence_length=sequence_length, use_cached=use_cached, num_epochs=num_epochs)
+    if cap is not None:
+      ds = ds.take(shard_quota(cap, shard_info))
     return add_split(ds, split)
+
+  def num_input_examples(self, split: str) -> int | None:
+    n = super().num_input_examples(split)
+    cap = self._max.get(split)
+    return n if cap is None or n is None else min(n, cap)
+
+
+def shard_quota(total: int, shard_info: seqio.ShardInfo | None) -> int:
+  """Shard i's part of `total` examples split over the shards as evenly as possible (the parts sum to it)."""
+  if shard_info is None:
+    return total
+  base, extra = divmod(total, shard_info.num_shards)
+  return base + (shard_info.index < extra)

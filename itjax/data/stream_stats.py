@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
+from itjax.data import skips
 from itjax.data.packing import PackingStats
 
 log = logging.getLogger("itjax")
@@ -72,6 +73,8 @@ class StreamStats:
     out["dedup_examples"] = sum(c.examples for c in self.dedup.values())
     out["dedup_dropped"] = sum(c.dropped for c in self.dedup.values())
     out["dedup_per_task"] = {t: dataclasses.asdict(c) for t, c in sorted(self.dedup.items())}
+    # Source filters count per process, over everything read (itjax.data.skips).
+    out["source_skipped"] = skips.skip_counts()
     p = self.packing
     out["packing"] = {"examples": p.examples, "rows": p.rows, "tokens": p.tokens, "capacity": p.capacity,
                       "efficiency": round(p.efficiency, 4)}
@@ -81,6 +84,8 @@ class StreamStats:
     """The nonzero counts and the packing efficiency as `data/...` scalars (for metrics.jsonl / TensorBoard)."""
     d = self.as_dict()
     out = {f"data/{k}": float(d[k]) for k in (*GRAPH_COUNTERS, "dedup_examples", "dedup_dropped") if d[k]}
+    if d["source_skipped"]:
+      out["data/source_skipped"] = float(skips.total(d["source_skipped"]))
     if self.packing.rows:
       out["data/packing_efficiency"] = self.packing.efficiency
     return out
@@ -91,6 +96,9 @@ class StreamStats:
     parts = [f"{k}={d[k]:,}" for k in GRAPH_COUNTERS if d[k]]
     if self.dedup:
       parts.append(f"dedup_dropped={d['dedup_dropped']:,} of {d['dedup_examples']:,}")
+    if d["source_skipped"]:
+      parts.append("skipped at the source: " + "; ".join(
+          f"{ds} {n:,} {reason}" for ds, reasons in d["source_skipped"].items() for reason, n in reasons.items()))
     if self.packing.rows:
       parts.append(f"packed {self.packing.examples:,} examples into {self.packing.rows:,} rows "
                    f"({self.packing.efficiency:.1%} non-padding)")

@@ -99,16 +99,23 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
     branches = [functools.partial(render_one, ex, j) for j in choices]
     return tf.switch_case(tf.cast(k, tf.int32), branches)
 
-  def render_all(ex):
-    branches = [functools.partial(render_one, ex, j) for j in forward]
-    return tf.data.Dataset.range(len(forward)).map(lambda k: tf.switch_case(tf.cast(k, tf.int32), branches))
+  def render(ex):
+    """Every forward template's rendering on eval splits, the chosen one (repeated to the same shape) on train,
+    and how many of the rows are real."""
+    def train_rows():
+      row = render_chosen(ex)
+      return {k: tf.repeat(v[None], len(forward), axis=0) for k, v in row.items()}, tf.constant(1, tf.int64)
 
-  def is_train(ex):
-    return tf.equal(ex["split"], TRAIN_SPLIT)
+    def eval_rows():
+      rows = [render_one(ex, j) for j in forward]
+      return {k: tf.stack([r[k] for r in rows]) for k in rows[0]}, tf.constant(len(forward), tf.int64)
 
-  train = ds.filter(is_train).map(render_chosen, num_parallel_calls=tf.data.AUTOTUNE)
-  evals = ds.filter(lambda ex: tf.logical_not(is_train(ex))).flat_map(render_all)
-  return train.concatenate(evals)
+    rows, n = tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
+    return rows, n
+
+  # One pass over the source: render in parallel, then unpack each example's rows in order.
+  return ds.map(render, num_parallel_calls=tf.data.AUTOTUNE).flat_map(
+      lambda rows, n: tf.data.Dataset.from_tensor_slices(rows).take(n))
 
 
 def register_instruction_task(dataset: str, cluster: str | Sequence[str], source: seqio.DataSource,

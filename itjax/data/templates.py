@@ -99,6 +99,8 @@ def check_templates(templates: Sequence[Template], fields: set[str], task: str) 
   """Fails at registration when a template names a field the source lacks."""
   if not templates:
     raise ValueError(f"task {task!r} has no templates")
+  if all(t.reverse for t in templates):
+    raise ValueError(f"task {task!r} has only turned-around templates; evaluation needs a forward one")
   for i, t in enumerate(templates):
     missing = t.fields() - fields
     if missing:

@@ -4,7 +4,8 @@ A dataset is registered from a `convert` function (raw TFDS example -> template
 fields, "answer" and optionally "options") and an optional `keep` predicate on
 the raw example (drops unlabeled rows, e.g. label -1 on GLUE test sets). Every
 converted string (options included) is stripped, the "split" feature is carried
-over, and rows whose answer is empty are dropped.
+over, and rows whose answer is empty are dropped. Both drops are counted per
+dataset (`itjax.data.skips`): training logs them, `itjax tasks quality` reports them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from itjax.data.skips import counted_filter
 from itjax.data.sources import TfdsSource
 from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template
@@ -23,6 +25,8 @@ Keep = Callable[[Features], tf.Tensor]
 Preprocessor = Callable[[tf.data.Dataset], tf.data.Dataset]
 
 PREFIX = "flan_"
+# FLAN (Wei et al. 2021): at most 30k training examples per dataset.
+MAX_TRAIN_EXAMPLES = 30_000
 # Split maps (itjax split -> TFDS split expression) shared by many datasets.
 TRAIN_VAL = {"train": "train", "validation": "validation"}
 TRAIN_VAL_TEST = {"train": "train", "validation": "validation", "test": "test"}
@@ -32,12 +36,17 @@ TEST_AS_VAL = {"train": "train", "validation": "test"}
 CARVED = {"train": "train[:-2000]", "validation": "train[-2000:-1000]", "test": "train[-1000:]"}
 
 
-def preprocessor(convert: Convert, keep: Keep | None = None) -> Preprocessor:
-  """ds -> ds: filters raw rows with `keep`, maps them with `convert`, keeps "split", drops empty answers."""
+SKIP_FILTERED = "rejected by the dataset's filter (unlabeled, out-of-range label or excluded class)"
+SKIP_EMPTY = "empty answer"
+
+
+def preprocessor(convert: Convert, keep: Keep | None = None, dataset: str = "") -> Preprocessor:
+  """ds -> ds: filters raw rows with `keep`, maps them with `convert`, keeps "split", drops empty answers
+  (both drops counted under `dataset`)."""
 
   def apply(ds: tf.data.Dataset) -> tf.data.Dataset:
     if keep is not None:
-      ds = ds.filter(keep)
+      ds = counted_filter(ds, keep, dataset=dataset, reason=SKIP_FILTERED)
 
     def to_fields(ex: Features) -> Features:
       out = {k: tf.convert_to_tensor(v) for k, v in convert(ex).items()}
@@ -48,7 +57,7 @@ def preprocessor(convert: Convert, keep: Keep | None = None) -> Preprocessor:
       return out
 
     ds = ds.map(to_fields, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.filter(lambda ex: tf.strings.length(ex["answer"]) > 0)
+    return counted_filter(ds, lambda ex: tf.strings.length(ex["answer"]) > 0, dataset=dataset, reason=SKIP_EMPTY)
 
   return apply
 
@@ -101,8 +110,10 @@ def register(dataset: str, cluster: str | Sequence[str], tfds_name: str, splits:
              has_options: bool = False) -> list[str]:
   """Registers `flan_<dataset>_<variant>` over a lazy TFDS source; returns the task names."""
   return register_instruction_task(
-      PREFIX + dataset, cluster, TfdsSource(tfds_name=tfds_name, splits=dict(splits)), templates, fields=fields,
-      has_options=has_options, preprocessors=(preprocessor(convert, keep),))
+      PREFIX + dataset, cluster,
+      TfdsSource(tfds_name=tfds_name, splits=dict(splits), max_examples={"train": MAX_TRAIN_EXAMPLES}),
+      templates, fields=fields,
+      has_options=has_options, preprocessors=(preprocessor(convert, keep, PREFIX + dataset),))
 
 
 def register_labeled(dataset: str, cluster: str | Sequence[str], tfds_name: str, splits: Mapping[str, str],

@@ -237,11 +237,21 @@ def test_multiple_choice_and_cloze_datasets():
   assert out["options"] == ["Bo", "Ann"] and out["passage"] == "Bo met Ann.\n- They talked"
 
 
-def test_sentiment140_drops_neutral_tweets():
+def test_sentiment140_drops_neutral_tweets_and_counts_them():
+  from itjax.data.skips import skip_counts
+  from itjax_tasks.flan._common import SKIP_FILTERED
+
+  def skipped():
+    return skip_counts().get("flan_sentiment140", {}).get(SKIP_FILTERED, 0)
+
   raw = {"text": "great day", "date": "", "query": "", "user": ""}
+  before = skipped()
   assert _fields("flan_sentiment140_zs_opt", {**raw, "polarity": 4})["answer"] == "positive"
   assert _fields("flan_sentiment140_zs_opt", {**raw, "polarity": 0})["answer"] == "negative"
+  assert skipped() == before
   assert _fields("flan_sentiment140_zs_opt", {**raw, "polarity": 2}) is None
+  assert _fields("flan_sentiment140_zs_opt", {**raw, "polarity": 2}) is None
+  assert skipped() == before + 2  # never silently: counted under the dataset and the filter's reason
 
 
 def test_generation_datasets_build_their_fields():
@@ -315,3 +325,21 @@ def test_import_reads_no_data():
   assert out.returncode == 0, out.stderr[-2000:]
   assert int(out.stdout.split()[-1]) == len(flan.TASKS)
 
+
+
+def test_train_split_is_capped_at_flans_30k_the_same_subset_every_epoch(mocked):
+  from itjax.data.sources import TfdsSource, shard_quota
+  from itjax_tasks.flan._common import MAX_TRAIN_EXAMPLES
+
+  assert MAX_TRAIN_EXAMPLES == 30_000
+  assert all(s._max == {"train": MAX_TRAIN_EXAMPLES} for s in {seqio.get_mixture_or_task(n).source for n in QUICK})
+  source = TfdsSource(tfds_name="glue/mnli:2.0.0", splits={"train": "train", "validation": "validation_matched"},
+                      max_examples={"train": NUM_EXAMPLES - 1})
+  rows = source.get_dataset("train", shuffle=True, seed=1)
+  first, again = (list(rows.as_numpy_iterator()) for _ in range(2))
+  assert len(first) == NUM_EXAMPLES - 1 and [r["premise"] for r in first] == [r["premise"] for r in again]
+  assert len(list(source.get_dataset("validation").as_numpy_iterator())) == NUM_EXAMPLES  # other splits whole
+  assert [shard_quota(3, seqio.ShardInfo(i, 2)) for i in range(2)] == [2, 1]
+  assert sum(shard_quota(30_000, seqio.ShardInfo(i, 7)) for i in range(7)) == 30_000
+  with mock.patch.object(seqio.utils.LazyTfdsLoader, "size", return_value=100):
+    assert source.num_input_examples("train") == NUM_EXAMPLES - 1 and source.num_input_examples("validation") == 100

@@ -126,3 +126,33 @@ def test_stream_counts_exactly_the_examples_it_truncates(task, lengths):
   assert counts["inputs_truncated"] == expected["inputs"] > 0
   assert counts["targets_truncated"] == expected["targets"]
   assert "inputs_truncated=" in stats.summary()
+
+
+def test_source_skips_reach_the_stream_summary_and_the_quality_scan():
+  """A task whose source filter drops rows: the scan counts them per task, the stream summary names them."""
+  from itjax.data.skips import counted_filter
+  from itjax.data.stream_stats import StreamStats
+  from itjax.data.tasks import TASK_INFO
+
+  def gen(r: random.Random):
+    return {"x": str(r.randrange(10)), "answer": "a"}
+
+  def drop_odd(ds):
+    return counted_filter(ds, lambda ex: tf.strings.to_number(ex["x"], tf.int32) % 2 == 0, dataset="skipper",
+                          reason="odd x")
+
+  name = register_instruction_task("skipper", "q", procedural_source(gen, ("x",), {"train": 40, "validation": 4},
+                                                                     seed=3),
+                                   [T("Echo {x}")], fields=("x",), has_options=False, preprocessors=(drop_odd,))[0]
+  try:
+    raw = list(procedural_source(gen, ("x",), {"train": 40}, seed=3).get_dataset("train").as_numpy_iterator())
+    odd = sum(int(ex["x"]) % 2 for ex in raw)
+    report = q.scan(name, [name])
+    assert report["tasks"][name]["skipped"] == odd > 0 and report["tasks"][name]["examples"] == 40 - odd
+    assert "skipper" in StreamStats().as_dict()["source_skipped"]
+    summary = StreamStats().summary()  # cumulative over this process's reads (the scan's eval split too)
+    n = StreamStats().as_dict()["source_skipped"]["skipper"]["odd x"]
+    assert "skipped at the source: " in summary and f"skipper {n:,} odd x" in summary and n >= odd
+  finally:
+    seqio.TaskRegistry.remove(name)
+    TASK_INFO.pop(name, None)

@@ -1,5 +1,6 @@
 """Templates render every variant; eval fans out over templates; held-out mixtures obey FLAN's rules."""
 
+import pytest
 import seqio
 import tensorflow as tf
 
@@ -58,6 +59,8 @@ def test_template_field_check_at_registration():
 
   with pytest.raises(ValueError, match="uses fields \\['premis'\\]"):
     tmpl.check_templates([tmpl.Template("{premis}")], {"premise", "answer"}, "x")
+  with pytest.raises(ValueError, match="only turned-around templates"):
+    tmpl.check_templates([tmpl.Template("{answer}", reverse=True)], {"answer"}, "x")
 
 
 def test_procedural_data_is_deterministic():
@@ -150,3 +153,47 @@ def test_chain_of_thought_variant_reasons_then_answers():
     assert target.startswith("Adding ") and target.endswith(f"So the answer is {r['answer'].decode()}.")
     assert tmpl.extract_cot_answer(target) == r["answer"].decode()
   assert tmpl.extract_cot_answer("no conclusion here") == ""
+
+
+def test_heldout_mixture_rates_are_examples_proportional_capped_and_tempered(capsys):
+  """FLAN's rates: min(n, cap) per dataset, optionally ^(1/T); the stream samples tasks at those rates."""
+  import random
+
+  from itjax.cli import main
+  from itjax.data.mixtures import register_heldout_mixtures
+  from itjax.data.pipeline import train_examples
+  from itjax.data.sources import procedural_source
+  from itjax.data.tasks import register_instruction_task
+  from itjax.data.vocab import default_vocabulary
+
+  sizes = {"ma": ("a", 50), "mb": ("a", 400), "mc": ("c", 100), "md": ("b", 80)}
+  names = []
+  for i, (d, (cluster, n)) in enumerate(sizes.items()):
+    def gen(r: random.Random):
+      return {"x": str(r.randrange(1000)), "answer": "y"}
+
+    names += register_instruction_task(f"mix_{d}", cluster, procedural_source(gen, ("x",), {"train": n}, seed=i),
+                                       [tmpl.Template(d + " {x}")], fields=("x",), has_options=False)
+  mixtures = (register_heldout_mixtures("mixt", names, rate_cap=300)
+              + register_heldout_mixtures("mixtemp", names, rate_cap=300, temperature=2.0))
+  try:
+    for prefix, power in (("mixt", 1.0), ("mixtemp", 0.5)):
+      m = seqio.get_mixture_or_task(f"{prefix}_heldout_b")
+      assert {t.name: m.get_rate(t) for t in m.tasks} == pytest.approx(
+          {f"mix_{d}_zs_noopt": min(sizes[d][1], 300) ** power for d in ("ma", "mb", "mc")})
+    # `itjax tasks show` prints the normalized rates.
+    assert main(["tasks", "show", "mixt_heldout_b"]) == 0
+    out = capsys.readouterr().out
+    assert "mix_mb_zs_noopt" in out and f"{300 / 450:6.2%}" in out and f"{50 / 450:6.2%}" in out
+    # The training stream draws each task at its rate.
+    vocab, counts = default_vocabulary(), {"ma": 0, "mb": 0, "mc": 0}
+    for ex in train_examples("mixt_heldout_b", LENGTHS, seed=0).take(4500).as_numpy_iterator():
+      counts[vocab.decode(ex["inputs"].tolist()).split()[0]] += 1
+    for d, rate in (("ma", 50 / 450), ("mb", 300 / 450), ("mc", 100 / 450)):
+      assert counts[d] / 4500 == pytest.approx(rate, abs=0.03)
+  finally:
+    for n in mixtures:
+      seqio.MixtureRegistry.remove(n)
+    for n in names:
+      seqio.TaskRegistry.remove(n)
+      TASK_INFO.pop(n, None)
