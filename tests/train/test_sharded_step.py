@@ -15,6 +15,9 @@ from itjax.train.step import train_step
 
 CFG = DecoderConfig(vocab_size=40, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
 BATCH, LENGTH = 8, 16
+# Parameters after 3 AdamW steps of lr 1e-2: a sharding bug moves them by ~1e-2. Adam divides by sqrt(v), so a
+# weight whose gradient is ~0 can move by ~1e-5 between two summation orders of the same gradient.
+PARAM_ATOL = 1e-4
 
 
 def _batches(n, seed=0):
@@ -63,7 +66,7 @@ def test_sharded_matches_single_device(single, mesh_shape):
   assert len(jax.devices()) == 8
   losses, params, state = _run(mesh_shape, jax.devices())
   np.testing.assert_allclose(losses, single[0], rtol=1e-5)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), params, single[1])
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=PARAM_ATOL), params, single[1])
   if mesh_shape[1] > 1:  # fsdp really shards the parameters
     emb = state.params["embedding"]
     assert emb.sharding.shard_shape(emb.shape)[1] == CFG.emb_dim // mesh_shape[1]
@@ -72,7 +75,7 @@ def test_sharded_matches_single_device(single, mesh_shape):
 def test_gradient_accumulation_equals_big_batch(single):
   losses, params, _ = _run((1, 1, 1), jax.devices()[:1], microbatches=4)
   np.testing.assert_allclose(losses, single[0], rtol=1e-5)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), params, single[1])
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=PARAM_ATOL), params, single[1])
 
 
 def test_loss_decreases_when_overfitting_one_batch():
