@@ -200,7 +200,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   dedup: drop normalized-text duplicates per task and pass (itjax.data.dedup); counted.
   decontaminate: drop training examples that share a 13-gram with the evaluated splits of
     `eval_mixtures` (itjax.data.quality); counted. What the stream drops, cuts and pads is logged
-    and written to metrics.jsonl as `data/...` scalars.
+    and written to metrics.jsonl as `data/...` scalars (process 0's shards, with several processes).
   peft: parameter-efficient tuning (`@lora()`, `@prefix_tuning()`, `@adapters()`; see itjax.peft): only
     the method's variables train and are checkpointed; the frozen base comes from INITIAL_CHECKPOINT_PATH
     (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.
