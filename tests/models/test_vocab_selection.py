@@ -52,6 +52,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _reset():
+  gin.clear_config()  # also unlocks: an earlier test's `itjax.config.parse` leaves the config finalized
   yield
   gin.clear_config()
   vocab_lib.use_model_dir_vocabulary(None)
