@@ -110,8 +110,7 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
       rows = [render_one(ex, j) for j in forward]
       return {k: tf.stack([r[k] for r in rows]) for k in rows[0]}, tf.constant(len(forward), tf.int64)
 
-    rows, n = tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
-    return rows, n
+    return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
 
   # One pass over the source: render in parallel, then unpack each example's rows in order.
   return ds.map(render, num_parallel_calls=tf.data.AUTOTUNE).flat_map(

@@ -295,9 +295,10 @@ def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps
     stream_stats = StreamStats()
     index = None
     if decontaminate:
-      index = eval_index(list(eval_mixtures.values()), evaluated_splits())
+      splits = evaluated_splits()
+      index = eval_index(list(eval_mixtures.values()), splits)
       log.info("decontaminating against %d 13-grams of %s (%s)", len(index), sorted(eval_mixtures.values()),
-               "/".join(evaluated_splits()))
+               "/".join(splits))
     batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
                            data_shards=data_shards, pack=pack, start_batch=start_batch,
                            encoder_decoder=iface.encoder_decoder, packer=packer, dedup=dedup,
