@@ -32,11 +32,11 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from itjax.data.vocab import default_vocabulary  # noqa: E402
-from itjax.eval.generate import predict  # noqa: E402
+from itjax.eval.predict import predict  # noqa: E402
 from itjax.eval.rank import rank_classify  # noqa: E402
 from itjax.models.decoder import Decoder  # noqa: E402
 from itjax.models.decoding import strip_eos  # noqa: E402
-from itjax.models.hf_llama import load_hf_dir  # noqa: E402
+from itjax.models.hf_decoder import load_hf_dir  # noqa: E402
 from itjax.models.scoring import score_continuations  # noqa: E402
 
 BOS = 0

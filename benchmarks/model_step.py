@@ -127,7 +127,8 @@ def run_jax(args, name: str, workdir: str) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from itjax.models import decoding, enc_dec_decoding, hf_llama, hf_t5
+  from itjax.models import decoding, enc_dec_decoding, hf_t5
+  from itjax.models import hf_decoder as hf_llama
   from itjax.models.decoder import Decoder
   from itjax.models.t5 import T5
   from itjax.train import perf

@@ -27,12 +27,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from itjax import config  # noqa: E402
-from itjax.models.config_io import build_model  # noqa: E402
+from itjax.core import mesh as partitioning  # noqa: E402
+from itjax.core.trainable import trainable_for  # noqa: E402
+from itjax.models.families import build_model  # noqa: E402
+from itjax.models.peft_hooks import split, with_peft  # noqa: E402
 from itjax.peft import adapters, lora, prefix_tuning  # noqa: E402
-from itjax.peft import state as peft_state  # noqa: E402
-from itjax.peft.method import abstract_params, count, split, with_peft  # noqa: E402
-from itjax.train import partitioning  # noqa: E402
-from itjax.train.state import create_train_state  # noqa: E402
+from itjax.peft.method import abstract_params, count  # noqa: E402
 from itjax.train.step import train_step  # noqa: E402
 
 METHODS = {
@@ -89,21 +89,17 @@ def step_times(cfg, args) -> None:
            for k, v in _batch(args.batch_size, args.length, cfg.vocab_size).items()}
   fns = {}
   for name, peft in METHODS.items():
-    if peft is None:
-      model = build_model(cfg)
-      state, sh = create_train_state(model, opt, mesh, rules, jax.random.key(0), (np.zeros((1, 8), np.int32),))
-      frozen, frozen_sh = (), ()
-    else:
-      pcfg = with_peft(cfg, peft)
-      model = build_model(pcfg)
-      state, sh = peft_state.create_state(pcfg, opt, mesh, rules, jax.random.key(0))
-      frozen_sh = (peft_state.base_shardings(pcfg, mesh, rules),)
-      frozen = (peft_state.load_base(pcfg, {"checkpoint": None, "seed": 0}, mesh, rules),)
-    fn = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 1e-3),
-                 in_shardings=(sh, bs, *frozen_sh), out_shardings=(sh, None), donate_argnums=(0,))
+    pcfg = cfg if peft is None else with_peft(cfg, peft)
+    model, strategy = build_model(pcfg), trainable_for(pcfg)  # full fine-tuning, or the PEFT variables alone
+    state, sh = strategy.create_state(opt, mesh, rules, jax.random.key(0))
+    base = strategy.load_frozen(mesh, rules)  # PEFT: the frozen base (a seed-0 initialization)
+    frozen = {} if base is None else {"base": base}
+    frozen_sh = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
+    fn = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 1e-3, trainable=strategy),
+                 in_shardings=(sh, bs, frozen_sh), out_shardings=(sh, None), donate_argnums=(0,))
     with jax.set_mesh(mesh):
       for _ in range(2):  # compile and warm up
-        state, m = fn(state, batch, *frozen)
+        state, m = fn(state, batch, frozen)
       jax.block_until_ready(m)
     fns[name] = [fn, state, frozen, [], []]
   for _ in range(args.repeats):  # interleaved, so drifting load hits every method alike
@@ -112,7 +108,7 @@ def step_times(cfg, args) -> None:
       with jax.set_mesh(mesh):
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
-          state, m = fn(state, batch, *frozen)
+          state, m = fn(state, batch, frozen)
         jax.block_until_ready(state)
       times.append((time.perf_counter() - t0) / args.steps)
       cpu.append((time.process_time() - c0) / args.steps)

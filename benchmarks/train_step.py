@@ -47,10 +47,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from itjax import config  # noqa: E402
+from itjax.core import mesh as partitioning  # noqa: E402
+from itjax.core.checkpoints import Checkpointer  # noqa: E402
+from itjax.core.trainable import FullParams  # noqa: E402
 from itjax.models.decoder import Decoder  # noqa: E402
-from itjax.train import partitioning, perf  # noqa: E402
-from itjax.train.checkpoints import Checkpointer  # noqa: E402
-from itjax.train.state import create_train_state  # noqa: E402
+from itjax.train import perf  # noqa: E402
 from itjax.train.step import train_step  # noqa: E402
 
 
@@ -78,11 +79,10 @@ def main() -> None:
   mesh = partitioning.create_mesh((-1, 1, 1))
   rules = partitioning.DEFAULT_RULES
   model, opt = Decoder(cfg), optax.adamw(1e-3)
-  example = np.zeros((1, args.length), np.int32)
-  state, shardings = create_train_state(model, opt, mesh, rules, jax.random.key(0), example)
+  state, shardings = FullParams(cfg).create_state(opt, mesh, rules, jax.random.key(0))
   bs = partitioning.batch_sharding(mesh, rules)
   step_fn = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 1e-3),
-                    in_shardings=(shardings, bs), out_shardings=(shardings, None), donate_argnums=(0,))
+                    in_shardings=(shardings, bs, {}), out_shardings=(shardings, None), donate_argnums=(0,))
   data = _batches(8, args.batch_size, args.length, cfg.vocab_size)
   n_params = perf.count_params(state.params)
   peak = args.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind)
@@ -99,7 +99,7 @@ def main() -> None:
     with jax.set_mesh(mesh):
       for i in range(1, args.steps + 1):
         batch = {k: jax.make_array_from_process_local_data(bs, v) for k, v in data[i % len(data)].items()}
-        state, m = step_fn(state, batch)
+        state, m = step_fn(state, batch, {})
         if ckpt is not None and i % save_every == 0:
           jax.device_get(m["finite"])  # the trainer's guard before every save (waits for this step)
           t1 = time.perf_counter()
@@ -120,7 +120,7 @@ def main() -> None:
   with jax.set_mesh(mesh):
     for i in range(3):  # compile and warm up
       batch = {k: jax.make_array_from_process_local_data(bs, v) for k, v in data[i].items()}
-      state, m = step_fn(state, batch)
+      state, m = step_fn(state, batch, {})
     jax.block_until_ready(state)
   print(f"decoder {cfg.num_layers}x{cfg.emb_dim} ({n_params:,} parameters), batch {args.batch_size} x "
         f"{args.length}, {jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores; "

@@ -140,19 +140,23 @@ def run(argv: Sequence[str]) -> int:
     raise UserError(f"`itjax {args.command}` takes no --gin. flags")
   _quiet_libraries()
   if args.command in ("train", "eval", "infer"):
-    _load_tasks(args.tasks_module)
-    _setup_gin(args, bindings)
+    # Each command imports its own modules (before gin parses: they register configurables); train and eval
+    # read task data (TensorFlow, seqio), infer does not.
     if args.command == "train":
+      from itjax.eval.training import TrainingEval
       from itjax.train.trainer import train
-
-      _call_gin(train)
     elif args.command == "eval":
       from itjax.eval.evaluator import evaluate
-
-      _call_gin(evaluate)
     else:
       from itjax.eval.infer import infer
-
+    if args.command != "infer":
+      _load_tasks(args.tasks_module)
+    _setup_gin(args, bindings)
+    if args.command == "train":
+      _call_gin(train, evaluator=TrainingEval)
+    elif args.command == "eval":
+      _call_gin(evaluate)
+    else:
       texts = list(args.input)
       if args.input_file:
         with open(args.input_file, encoding="utf-8") as f:
@@ -164,7 +168,6 @@ def run(argv: Sequence[str]) -> int:
   elif args.command == "compile":
     from itjax.train.aot import compile_command
 
-    _load_tasks(args.tasks_module)
     if not args.model_dir and not any(b.startswith("MODEL_DIR=") for b in bindings):
       bindings = ["MODEL_DIR='(unused by itjax compile)'"] + bindings  # finetune.gin requires it; nothing is written
     _setup_gin(args, bindings)
@@ -183,16 +186,14 @@ def run(argv: Sequence[str]) -> int:
     else:
       print(inspect_tasks.show_text(args.name, args.n, args.split))
   elif args.command == "convert":
-    from itjax.models import convert
+    from itjax.convert import hf, peft_adapter
 
     if args.from_hf and args.output:
-      convert.import_hf(args.from_hf, args.output)
+      hf.import_hf(args.from_hf, args.output)
     elif args.to_hf and args.checkpoint:
-      convert.export_hf(args.checkpoint, args.to_hf, model_type=args.model_type, dtype=args.dtype)
+      hf.export_hf(args.checkpoint, args.to_hf, model_type=args.model_type, dtype=args.dtype)
     elif args.to_peft and args.checkpoint:
-      from itjax.peft.export import export_peft
-
-      export_peft(args.checkpoint, args.to_peft, base_model_name_or_path=args.base_model, dtype=args.dtype)
+      peft_adapter.export_peft(args.checkpoint, args.to_peft, base_model_name_or_path=args.base_model, dtype=args.dtype)
     else:
       raise UserError("itjax convert: give --from_hf DIR --output DIR, --to_hf DIR --checkpoint DIR, "
                       "or --to_peft DIR --checkpoint DIR")

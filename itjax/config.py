@@ -9,6 +9,7 @@ valid names.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import inspect
 import os
 import re
@@ -16,22 +17,45 @@ from collections.abc import Sequence
 
 import gin
 
+# Modules imported for the gin configurables they define (none of them imports TensorFlow or seqio).
+from itjax import peft  # noqa: F401  (lora, prefix_tuning, adapters)
+from itjax.core import distributed, mesh, vocabulary  # noqa: F401
 from itjax.errors import UserError
+from itjax.eval import infer, settings  # noqa: F401
+from itjax.models.families import families
+from itjax.train import optim  # noqa: F401
+from itjax.train import settings as train_settings  # noqa: F401
+from itjax.train.objectives import cross_entropy  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SEARCH_PATHS = (".", os.path.join(REPO_ROOT, "gin_configs"), REPO_ROOT)
+
+
+def _gin_configs_dir() -> str:
+  """The folder of the shipped gin files: package `itjax.gin_configs` (a wheel, or `pip install -e`
+  mapping it onto <repo>/gin_configs), else <repo>/gin_configs of a source tree on sys.path."""
+  try:
+    path = importlib.resources.files("itjax.gin_configs")
+  except ModuleNotFoundError:
+    return os.path.join(REPO_ROOT, "gin_configs")
+  return os.fspath(path)
+
+
+GIN_CONFIGS_DIR = _gin_configs_dir()
+# `examples/x.gin` (and the `include 'models/...'` lines) resolve in GIN_CONFIGS_DIR, and `gin_configs/examples/x.gin`
+# in its parent, from any working directory and with the package installed or not.
+DEFAULT_SEARCH_PATHS = (".", GIN_CONFIGS_DIR, os.path.dirname(GIN_CONFIGS_DIR))
 
 
 def register_configurables() -> None:
-  """Imports the modules whose gin configurables the gin files may name."""
-  from itjax.eval import evaluator, infer  # noqa: F401
-  from itjax.models.decoder import DecoderConfig
-  from itjax.models.t5 import T5Config
-  from itjax.train import trainer  # noqa: F401  (train, optimizer, mesh, eval settings)
+  """Registers the model configs of every family (DecoderConfig, T5Config, ...) as gin configurables.
 
-  for cls in (DecoderConfig, T5Config):
-    if not gin.config._REGISTRY.get_all_matches(cls.__name__):
-      gin.external_configurable(cls, module="itjax")
+  The other configurables gin files name (train, stream_settings, checkpoint_settings, sft, eval_settings,
+  infer, create_mesh, make_optimizer, lora, vocabulary, ...) register when this module imports theirs; a
+  command's own entry point (`evaluate`) registers when the CLI imports it, before parsing.
+  """
+  for family in families().values():
+    if not gin.config._REGISTRY.get_all_matches(family.config_cls.__name__):
+      gin.external_configurable(family.config_cls, module="itjax")
 
 
 def _configurable_names() -> list[str]:

@@ -14,7 +14,7 @@ import random
 
 from itjax.data.mixtures import register_heldout_mixtures
 from itjax.data.sources import procedural_source
-from itjax.data.tasks import TASK_INFO, register_instruction_task
+from itjax.data.tasks import register_instruction_task, task_info
 from itjax.data.templates import ZERO_SHOT_NOOPT, ZERO_SHOT_OPT
 from itjax.data.templates import Template as T
 
@@ -235,7 +235,7 @@ def register() -> list[str]:
   # The held-out mixtures are plain zero-shot (with and without options): few-shot prompts are 3x longer and
   # chain-of-thought targets 5x, too slow for the CPU default. The other variants are tasks of their own.
   zero_shot = (ZERO_SHOT_OPT, ZERO_SHOT_NOOPT)
-  return names + register_heldout_mixtures("proc", [n for n in names if TASK_INFO[n].variant in zero_shot])
+  return names + register_heldout_mixtures("proc", [n for n in names if task_info(n).variant in zero_shot])
 
 
 NAMES_REGISTERED = register()

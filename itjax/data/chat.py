@@ -31,7 +31,8 @@ import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
-from itjax.data.tasks import TASK_INFO, TaskInfo, output_features, record_untrimmed_lengths
+from itjax.data.skips import SkipCounts
+from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features, record_untrimmed_lengths
 
 # Source features: one string per turn, padded with "" roles to the longest conversation of a chunk.
 ROLES = "turn_roles"
@@ -41,12 +42,6 @@ LOSS_MASK = "inputs_loss_weights"
 TURNS_DROPPED = "chat_turns_dropped"
 TOKENS_CUT = "chat_tokens_cut"
 LABELS = {"system": ("System: ", "\n"), "user": ("User: ", "\nAssistant:\n"), "assistant": ("", "")}
-
-CHAT_TASKS: set[str] = set()  # names of registered chat tasks (their examples carry LOSS_MASK)
-
-
-def is_chat_task(name: str) -> bool:
-  return name in CHAT_TASKS
 
 
 def _label(roles: tf.Tensor, which: int) -> tf.Tensor:
@@ -128,17 +123,20 @@ def render_chat(ds: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
 
 def register_chat_task(dataset: str, cluster: str | Sequence[str], source: seqio.DataSource, *,
                        vocabulary: seqio.Vocabulary | None = None, metric_fns: Sequence = (),
-                       shuffle_buffer_size: int = 10_000) -> list[str]:
-  """Registers `<dataset>_zs_noopt` over a source with ROLES/TEXTS turns, "answer", "options"; returns [name]."""
+                       shuffle_buffer_size: int = 10_000, skips: SkipCounts | None = None) -> list[str]:
+  """Registers `<dataset>_zs_noopt` over a source with ROLES/TEXTS turns, "answer", "options"; returns [name].
+
+  The task is an `InstructionTask` whose info says `chat` (its examples carry LOSS_MASK).
+  """
   clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
   name = f"{dataset}_{tmpl.ZERO_SHOT_NOOPT}"
+  info = TaskInfo(name, dataset, clusters, tmpl.ZERO_SHOT_NOOPT, 1, False, 1, chat=True)
   seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(vocabulary),
+      name, task_cls=InstructionTask, info=info, skips=check_skips(skips, dataset), source=source,
+      output_features=output_features(vocabulary),
       preprocessors=[functools.partial(render_chat, task=name, dataset=dataset, cluster=clusters[0]),
                      record_untrimmed_lengths, seqio.preprocessors.append_eos_after_trim],
       metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
-  TASK_INFO[name] = TaskInfo(name, dataset, clusters, tmpl.ZERO_SHOT_NOOPT, 1, False, 1)
-  CHAT_TASKS.add(name)
   return [name]
 
 

@@ -8,8 +8,8 @@ stream without LOSS_MASK converts exactly as seqio's converter does, token for t
 
 `EncDecConverter` is seqio's EncDecFeatureConverter with the same packer choice and EOS appended
 to every encoder input (as T5 and Flan-T5 were trained; our tasks' inputs carry no EOS, which a
-decoder-only row must not have mid-row): read tasks at `task_lengths` so that inputs leave room
-for it. Chat examples become one example per assistant turn first (`chat.one_example_per_turn`).
+decoder-only row must not have mid-row): read tasks at the layout's `task_lengths` so that inputs
+leave room for it. Chat examples become one example per assistant turn first (`chat.one_example_per_turn`).
 
 Both keep seqio's packed layout (segment ids 1, 2, ... per example, positions restarting at 0,
 padding 0), so the models' packing masks apply unchanged.
@@ -24,22 +24,13 @@ import tensorflow as tf
 
 from itjax.data import chat, packing
 from itjax.data.stream_stats import StreamStats
+from itjax.errors import UserError
+from itjax.models.features import ENC_DEC, PACKERS, FeatureLayout
 
-PACKERS = ("best_fit", "seqio")
 _MASK = "loss_mask"  # concatenated [inputs mask, targets ones], stored +1 so seqio's packer sees no zeros
 
 
-def task_lengths(feature_lengths: Mapping[str, int], encoder_decoder: bool) -> dict[str, int]:
-  """The lengths to read task examples at: an encoder's inputs keep one token for the EOS appended to them."""
-  lengths = dict(feature_lengths)
-  if encoder_decoder:
-    lengths["inputs"] -= 1
-  return lengths
-
-
 def check_packer(packer: str) -> str:
-  from itjax.errors import UserError
-
   if packer not in PACKERS:
     raise UserError(f"unknown packer {packer!r} (choose from {', '.join(PACKERS)})")
   return packer
@@ -125,10 +116,10 @@ class EncDecConverter(_Packing, seqio.EncDecFeatureConverter):
     return ds
 
 
-def feature_converter(encoder_decoder: bool, pack: bool, *, packer: str = "best_fit",
-                      stats: StreamStats | None = None, eos_id: int = 1) -> seqio.FeatureConverter:
-  """The converter for the architecture: EncDec (EOS `eos_id` ending the encoder inputs), or PrefixLM for
-  decoder-only (see the module docstring)."""
-  if encoder_decoder:
-    return EncDecConverter(pack=pack, packer=packer, stats=stats, inputs_eos_id=eos_id)
+def converter_for(layout: FeatureLayout, pack: bool, *, packer: str = "best_fit",
+                  stats: StreamStats | None = None) -> seqio.FeatureConverter:
+  """The converter that gives a model family's features (`layout`, from its interface): EncDec (EOS
+  `layout.inputs_eos_id` ending the encoder inputs) or PrefixLM (see the module docstring)."""
+  if layout.kind == ENC_DEC:
+    return EncDecConverter(pack=pack, packer=packer, stats=stats, inputs_eos_id=layout.inputs_eos_id)
   return PrefixLMConverter(pack=pack, packer=packer, stats=stats)

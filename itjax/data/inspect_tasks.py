@@ -8,7 +8,7 @@ import seqio
 
 from itjax.data import quality
 from itjax.data.registry import require_task
-from itjax.data.tasks import TASK_INFO
+from itjax.data.tasks import task_info
 
 
 def list_text(pattern: str = "") -> str:
@@ -16,7 +16,7 @@ def list_text(pattern: str = "") -> str:
   mixtures = sorted(n for n in seqio.MixtureRegistry.names() if pattern in n)
   lines = [f"{len(tasks)} tasks:"]
   for n in tasks:
-    info = TASK_INFO.get(n)
+    info = task_info(n)
     meta = f"cluster={info.cluster:<14} variant={info.variant:<9} templates={info.num_templates}" if info else ""
     lines.append(f"  {n:<40} {meta}")
   lines.append(f"{len(mixtures)} mixtures:")
@@ -33,7 +33,7 @@ def show_text(name: str, n: int = 3, split: str = "validation") -> str:
     for t in sorted(obj.tasks, key=lambda t: -obj.get_rate(t)):
       lines.append(f"  {t.name:<40} {obj.get_rate(t) / total:6.2%}")
     return "\n".join(lines)
-  info = TASK_INFO.get(name)
+  info = task_info(obj)
   lines = [f"task {name}"]
   if info:
     lines.append(f"  dataset={info.dataset} clusters={','.join(info.clusters)} variant={info.variant} "

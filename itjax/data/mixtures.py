@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import seqio
 
 from itjax.data import templates as tmpl
-from itjax.data.tasks import TASK_INFO, TaskInfo
+from itjax.data.tasks import TaskInfo, task_info
 
 # FLAN: a dataset contributes at most 3k examples' worth of mixing rate.
 DEFAULT_RATE_CAP = 3000
@@ -53,9 +53,14 @@ def register_heldout_mixtures(prefix: str, task_names: Sequence[str], rate_cap: 
   """Registers train/eval mixtures holding out each cluster; returns the names.
 
   Training rates are examples-proportional with each dataset capped at
-  `rate_cap` examples (FLAN); `temperature` > 1 flattens them (rate ∝ n^(1/T)).
+  `rate_cap` examples (FLAN); `temperature` > 1 flattens them (rate ∝ n^(1/T)). Every task must
+  carry its metadata (`task_info`), which is where the clusters come from.
   """
-  infos = [TASK_INFO[n] for n in task_names]
+  infos = [task_info(n) for n in task_names]
+  plain = [n for n, info in zip(task_names, infos, strict=True) if info is None]
+  if plain:
+    raise ValueError(f"held-out mixtures {prefix!r}: tasks {plain} carry no instruction-task metadata "
+                     "(register them with itjax.data.tasks)")
   rate = functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap, temperature=temperature)
   names = []
   for cluster in sorted({t.cluster for t in infos}):

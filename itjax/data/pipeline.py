@@ -35,17 +35,13 @@ import tensorflow as tf  # noqa: E402
 
 from itjax.data import chat  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
-from itjax.data.feature_converters import PACKERS, check_packer, feature_converter, task_lengths  # noqa: E402,F401
+from itjax.data.feature_converters import check_packer, converter_for  # noqa: E402
 from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
-from itjax.data.tasks import UNTRIMMED  # noqa: E402
-from itjax.data.vocab import default_vocabulary  # noqa: E402
+from itjax.data.tasks import UNTRIMMED, task_info  # noqa: E402
+from itjax.models.features import PREFIX_LM_LAYOUT, FeatureLayout  # noqa: E402
 
-# Features the trainer consumes (decoder_causal_attention is for bidirectional prefix LMs; ours are causal).
-DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
-                    "decoder_positions")
-ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
 TEXT_FEATURES = ("inputs_pretokenized", "targets_pretokenized")
 CHAT_COUNTS = (chat.TURNS_DROPPED, chat.TOKENS_CUT)
 
@@ -63,11 +59,17 @@ def _counts(ex: Mapping[str, tf.Tensor], *, lengths: Mapping[str, int], is_chat:
   return out
 
 
+def _is_chat(task: seqio.Task) -> bool:
+  """Whether `task` is a chat task (its examples carry LOSS_MASK)."""
+  info = task_info(task)
+  return info is not None and info.chat
+
+
 def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
                  use_cached: bool, keep_text: bool, with_mask: bool, dedup: bool,
                  stats: StreamStats) -> tf.data.Dataset:
   """One task's infinite, shuffled training examples: inputs, targets [, LOSS_MASK] [, texts]."""
-  is_chat = chat.is_chat_task(task.name)
+  is_chat = _is_chat(task)
   keep = ("inputs", "targets", *UNTRIMMED.values()) + ((chat.LOSS_MASK, *CHAT_COUNTS) if is_chat else ()) + (
       TEXT_FEATURES if keep_text else ())
   if dedup:
@@ -101,7 +103,8 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   stats = stats if stats is not None else StreamStats()
   shard_info = seqio.ShardInfo(shard_index, num_shards)
   tasks = [provider] if isinstance(provider, seqio.Task) else [t for t in provider.tasks if "train" in t.splits]
-  with_mask = any(chat.is_chat_task(t.name) for t in tasks)
+  stats.add_tasks(tasks)
+  with_mask = any(_is_chat(t) for t in tasks)
   streams = [_task_stream(t, dict(task_feature_lengths), seed=seed, shard_info=shard_info, use_cached=use_cached,
                           keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats) for t in tasks]
   if isinstance(provider, seqio.Task):
@@ -113,9 +116,10 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
 def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                   seed: int, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                   start_batch: int = 0, use_cached: bool = False,
-                  decontaminate: NgramIndex | None = None, encoder_decoder: bool = False,
+                  decontaminate: NgramIndex | None = None, layout: FeatureLayout = PREFIX_LM_LAYOUT,
                   packer: str = "best_fit", dedup: bool = False, stats: StreamStats | None = None) -> tf.data.Dataset:
-  """This host's infinite stream of [batch_size, length] batches, from batch `start_batch` on.
+  """This host's infinite stream of [batch_size, length] batches of a model's features (`layout`, from its
+  interface: decoder-only PrefixLM rows by default), from batch `start_batch` on.
 
   With `decontaminate`, examples sharing an n-gram with the indexed eval data are dropped before
   packing (counted in `stats`; `itjax.data.quality.scan` counts them offline). With `dedup`,
@@ -126,7 +130,7 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   check_packer(packer)
   lengths = dict(task_feature_lengths)
   stats = stats if stats is not None else StreamStats()
-  ds = train_examples(mixture_or_task_name, task_lengths(lengths, encoder_decoder), seed=seed,
+  ds = train_examples(mixture_or_task_name, layout.task_lengths(lengths), seed=seed,
                       shard_index=shard_index, num_shards=num_shards,
                       use_cached=use_cached, keep_text=decontaminate is not None, dedup=dedup, stats=stats)
   if decontaminate is not None:
@@ -138,9 +142,8 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
         return tf.identity(keep)
 
     ds = ds.filter(clean).map(lambda ex: {k: v for k, v in ex.items() if k not in TEXT_FEATURES})
-  ds = feature_converter(encoder_decoder, pack, packer=packer, stats=stats,
-                         eos_id=default_vocabulary().eos_id)(ds, lengths)
-  keep = DECODER_FEATURES + (ENCODER_FEATURES if encoder_decoder else ())
+  ds = converter_for(layout, pack, packer=packer, stats=stats)(ds, lengths)
+  keep = layout.feature_keys
   ds = ds.map(lambda ex: {k: ex[k] for k in keep if k in ex})
   ds = ds.batch(batch_size, drop_remainder=True)
   options = tf.data.Options()

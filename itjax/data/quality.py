@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from itjax.data import skips
 from itjax.data.registry import leaf_tasks
-from itjax.data.tasks import TASK_INFO
 
 N = 13
 _PUNCT = re.escape(string.punctuation)
@@ -104,11 +103,6 @@ def eval_index(eval_names: Sequence[str], splits: Sequence[str] = ("validation",
   return NgramIndex(inputs, n, long_only=targets)
 
 
-def _skipped_since(before: Mapping[str, Mapping[str, int]], dataset: str) -> int:
-  now, then = skips.skip_counts().get(dataset, {}), before.get(dataset, {})
-  return sum(n - then.get(reason, 0) for reason, n in now.items())
-
-
 def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None = None, n: int = N,
          feature_lengths: Mapping[str, int] | None = None, eval_splits: Sequence[str] = ("validation",)) -> dict:
   """Counts per training task: examples, exact and normalized duplicates, contaminated examples
@@ -122,7 +116,7 @@ def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None
     if max_per_task:
       ds = ds.take(max_per_task)
     exact, normal, contaminated, total, truncated = Counter(), Counter(), 0, 0, 0
-    before = skips.skip_counts()
+    before = skips.total(skips.skip_counts([task]))
     for ex in ds.as_numpy_iterator():
       if feature_lengths:
         # Untrimmed here; targets already end with EOS, as they do after trimming.
@@ -136,8 +130,7 @@ def scan(train_name: str, eval_names: Sequence[str], *, max_per_task: int | None
     per_task[task.name] = {"examples": total, "exact_duplicates": total - len(exact),
                            "normalized_duplicates": total - len(normal), "contaminated": contaminated,
                            "truncated": truncated if feature_lengths else None,
-                           "skipped": _skipped_since(before, TASK_INFO[task.name].dataset if task.name in TASK_INFO
-                                                     else task.name)}
+                           "skipped": skips.total(skips.skip_counts([task])) - before}
   keys = ("examples", "exact_duplicates", "normalized_duplicates", "contaminated", "skipped")
   totals = {k: sum(t[k] for t in per_task.values()) for k in keys}
   totals["truncated"] = sum(t["truncated"] for t in per_task.values()) if feature_lengths else None

@@ -6,15 +6,19 @@ these counters, and the packer reports its efficiency here. In-graph counts are 
 `tf.Variable`s incremented inside tf.data functions; Python-side ones (dedup, packing) are ints.
 A `StreamStats` covers everything streamed by the datasets built with it, including the batches a
 resumed run skips to reach its position; each stage counts as it reads, and tf.data reads ahead
-of the batches delivered, so the counts run somewhat ahead of the training step.
+of the batches delivered, so the counts run somewhat ahead of the training step. Rows the tasks'
+own source filters skipped (`itjax.data.skips`) are read from the stream's tasks (`add_tasks`;
+`itjax.data.pipeline` adds the ones it streams): those counts are per process, over everything
+read from the tasks' datasets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+import seqio
 import tensorflow as tf
 
 from itjax.data import skips
@@ -49,10 +53,16 @@ class DedupCounts:
 class StreamStats:
   """The counters of one training stream (see the module docstring)."""
 
-  def __init__(self) -> None:
+  def __init__(self, tasks: Iterable[seqio.Task] = ()) -> None:
     self._vars = {k: tf.Variable(0, dtype=tf.int64, trainable=False) for k in GRAPH_COUNTERS}
     self.dedup: dict[str, DedupCounts] = {}
     self.packing = PackingStats()
+    self.tasks: list[seqio.Task] = []  # the streamed tasks, whose source-skip counters the summary reads
+    self.add_tasks(tasks)
+
+  def add_tasks(self, tasks: Iterable[seqio.Task]) -> None:
+    """Adds tasks of the stream (each once) to those whose source skips are reported."""
+    self.tasks += [t for t in tasks if not any(t is s for s in self.tasks)]
 
   def add(self, counts: Mapping[str, tf.Tensor]) -> list[tf.Operation]:
     """Ops (for inside a tf.data function) that add `counts` to the named in-graph counters."""
@@ -73,8 +83,8 @@ class StreamStats:
     out["dedup_examples"] = sum(c.examples for c in self.dedup.values())
     out["dedup_dropped"] = sum(c.dropped for c in self.dedup.values())
     out["dedup_per_task"] = {t: dataclasses.asdict(c) for t, c in sorted(self.dedup.items())}
-    # Source filters count per process, over everything read (itjax.data.skips).
-    out["source_skipped"] = skips.skip_counts()
+    # Source filters count per process, over everything read from the tasks' datasets (itjax.data.skips).
+    out["source_skipped"] = skips.skip_counts(self.tasks)
     p = self.packing
     out["packing"] = {"examples": p.examples, "rows": p.rows, "tokens": p.tokens, "capacity": p.capacity,
                       "efficiency": round(p.efficiency, 4)}

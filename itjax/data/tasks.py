@@ -7,6 +7,11 @@ split each example is rendered with one template (chosen by a hash of the
 example, so deterministically); on eval splits it is rendered with every
 template that keeps the task's direction (turned-around templates have no
 gold answer to score), so results break down per template as FLAN reports.
+
+What reports and the held-out protocol need to know about a task lives on the
+task itself: each is an `InstructionTask`, carrying its `TaskInfo` and its
+dataset's source-skip counters (`itjax.data.skips`), so removing a task from
+seqio's registry removes its metadata too. `task_info` reads it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
+from itjax.data.registry import require_task
+from itjax.data.skips import SkipCounts
 from itjax.data.vocab import TASK_VOCABULARY
 
 TRAIN_SPLIT = "train"
@@ -41,13 +49,35 @@ class TaskInfo:
   num_templates: int
   has_options: bool
   eval_templates: int  # templates each eval example is rendered with (forward ones)
+  chat: bool = False  # a chat task (`itjax.data.chat`): its examples carry the chat loss mask
 
   @property
   def cluster(self) -> str:
     return self.clusters[0]
 
 
-TASK_INFO: dict[str, TaskInfo] = {}
+class InstructionTask(seqio.Task):
+  """A seqio task that carries its `TaskInfo` (`info`) and its dataset's source-skip counters (`skips`).
+
+  Registered with `seqio.TaskRegistry.add(name, task_cls=InstructionTask, info=..., skips=..., ...)`
+  (seqio passes the extra keywords on), so the metadata lives and dies with the registered task.
+  """
+
+  def __init__(self, *args: Any, info: TaskInfo, skips: SkipCounts, **kwargs: Any) -> None:
+    super().__init__(*args, **kwargs)
+    if info.name != self.name:
+      raise ValueError(f"task {self.name!r} registered with the info of {info.name!r}")
+    self.info = info
+    self.skips = skips
+
+
+def task_info(name_or_task: str | seqio.Task) -> TaskInfo | None:
+  """The metadata of a task (or registered task name); None for a plain seqio task or a mixture.
+
+  An unknown name is a UserError naming the nearest registered ones.
+  """
+  task = require_task(name_or_task) if isinstance(name_or_task, str) else name_or_task
+  return task.info if isinstance(task, InstructionTask) else None
 
 
 def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
@@ -121,16 +151,19 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
                               templates: Sequence[tmpl.Template], *, fields: Sequence[str], has_options: bool,
                               vocabulary: seqio.Vocabulary | None = None, metric_fns: Sequence = (),
                               shuffle_buffer_size: int = 10_000, preprocessors: Sequence = (),
-                              num_shots: int = 0) -> list[str]:
-  """Registers `<dataset>_<variant>` seqio tasks; returns their names.
+                              num_shots: int = 0, skips: SkipCounts | None = None) -> list[str]:
+  """Registers `<dataset>_<variant>` `InstructionTask`s; returns their names.
 
   `fields` names the template fields the source (after `preprocessors`, which
   map raw features to fields, "answer", "options" and keep "split") provides;
   they are checked against the templates now, not when data is first read.
   Datasets with answer options get both the with- and without-options
-  variants. Registration never reads data.
+  variants. `skips` are the counters the preprocessors' `counted_filter`s add
+  to (a new, empty `SkipCounts` when they count nothing); every variant
+  carries them. Registration never reads data.
   """
   tmpl.check_templates(templates, set(fields) | {"answer"}, dataset)
+  skips = check_skips(skips, dataset)
   clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
   names = []
   has_rationale = "rationale" in fields
@@ -146,8 +179,11 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
   for variant in variants:
     name = f"{dataset}_{variant}"
     few = tmpl.is_few_shot(variant)
+    info = TaskInfo(name, dataset, clusters, variant, len(templates), has_options,
+                    sum(not t.reverse for t in templates))
     seqio.TaskRegistry.add(
-        name, source=source, output_features=output_features(vocabulary),
+        name, task_cls=InstructionTask, info=info, skips=skips, source=source,
+        output_features=output_features(vocabulary),
         preprocessors=[
             *preprocessors,
             functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
@@ -160,13 +196,14 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
             seqio.preprocessors.append_eos_after_trim,
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
-    TASK_INFO[name] = TaskInfo(name, dataset, clusters, variant, len(templates), has_options,
-                               sum(not t.reverse for t in templates))
     names.append(name)
   return names
 
 
-def task_info(name: str) -> TaskInfo:
-  from itjax.data.registry import require_task  # local: registry imports this module
-  require_task(name)
-  return TASK_INFO[name]
+def check_skips(skips: SkipCounts | None, dataset: str) -> SkipCounts:
+  """`skips`, or new counters for `dataset`; counters made for another dataset are refused."""
+  if skips is None:
+    return SkipCounts(dataset)
+  if skips.dataset != dataset:
+    raise ValueError(f"dataset {dataset!r} registered with the skip counters of {skips.dataset!r}")
+  return skips

@@ -17,10 +17,10 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
+from itjax.core import vocabulary as core_vocabulary
 from itjax.errors import UserError
 
 log = logging.getLogger("itjax")
@@ -57,19 +57,14 @@ def model_dir_tokenizer(model_dir: str) -> str | None:
   return None
 
 
-@gin.configurable
 def vocabulary(path: str | None = None) -> seqio.Vocabulary:
-  """The configured vocabulary. path: None = UTF-8 bytes (the offline default); else a SentencePiece
-  model, an HF tokenizer.json, or a directory with one (e.g. a converted MODEL_DIR)."""
+  """The vocabulary of a tokenizer path (None: UTF-8 bytes)."""
   return load_vocabulary(path)
 
 
 def configured_path() -> str | None:
   """`vocabulary.path` as gin has it (None when unset)."""
-  try:
-    return gin.query_parameter("vocabulary.path")
-  except ValueError:
-    return None
+  return core_vocabulary.configured_path()
 
 
 def use_model_dir_vocabulary(model_dir: str | None) -> None:
@@ -87,7 +82,7 @@ def use_model_dir_vocabulary(model_dir: str | None) -> None:
 def default_vocabulary() -> seqio.Vocabulary:
   """The vocabulary in effect now: a model dir's (see `use_model_dir_vocabulary`), else gin's."""
   path = _override.get("path")
-  return load_vocabulary(path) if path else vocabulary()
+  return load_vocabulary(path or configured_path())
 
 
 def active_path() -> str | None:

@@ -15,37 +15,21 @@ import flax.linen as nn
 import gin
 import jax
 
-from itjax.data.feature_converters import task_lengths
+from itjax.core.mesh import create_mesh, logical_axis_rules
+from itjax.core.model_dir import ModelDir
 from itjax.data.quality import scan
-from itjax.data.registry import leaf_tasks
+from itjax.data.registry import leaf_tasks, require_task
 from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
 from itjax.data.vocab import default_vocabulary, use_model_dir_vocabulary
 from itjax.errors import UserError
-from itjax.eval.generate import EVAL_SPLIT, eval_examples, predict
+from itjax.eval.generate import eval_examples
+from itjax.eval.predict import predict
 from itjax.eval.rank import rank_classify
 from itjax.eval.report import write_report
-from itjax.models.interface import interface_for
+from itjax.eval.settings import EvalSettings
+from itjax.models.families import interface_for
 
 log = logging.getLogger("itjax")
-
-
-@gin.configurable
-def eval_settings(batch_size: int = 64, max_new_tokens: int = 32, max_examples_per_task: int | None = None,
-                  split: str = EVAL_SPLIT, selection_split: str | None = None,
-                  decontamination_examples_per_task: int | None = 200) -> dict:
-  """How much to evaluate and how.
-
-  batch_size: rows per decode/scoring batch; max_new_tokens: generation budget;
-  max_examples_per_task: cap on source examples per task (each rendered with every template).
-  split: the split whose scores are reported; selection_split: the dev split on which each dataset's
-    best template is chosen (FLAN's protocol: e.g. split="test", selection_split="validation");
-    None chooses it on `split` itself (reported as an oracle choice).
-  decontamination_examples_per_task: training examples per task scanned for 13-gram overlap with each
-    eval set when the training mixture is known (counts go into the report); None or 0: no scan.
-  """
-  return {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_per_task": max_examples_per_task,
-          "split": split, "selection_split": selection_split,
-          "decontamination_per_task": decontamination_examples_per_task}
 
 
 def score_rows(rows: list[dict], generations: list[str], ranked: list[dict | None]) -> dict[str, list]:
@@ -68,13 +52,13 @@ def _check_split(mixture: str, split: str) -> None:
                       f"it has {sorted(task.splits)}")
 
 
-def _predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules):
+def _predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules):
   outputs, scores = {}, {}
   for ck, params in params_by_name.items():
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
-      gens = predict(model, params, rows, vocab, batch_size=settings["batch_size"],
-                     max_new_tokens=settings["max_new_tokens"])
-      ranked = rank_classify(model, params, rows, vocab, batch_size=settings["batch_size"])
+      gens = predict(iface, params, rows, vocab, batch_size=settings.batch_size,
+                     max_new_tokens=settings.max_new_tokens)
+      ranked = rank_classify(iface, params, rows, vocab, batch_size=settings.batch_size)
     outputs[ck] = [{"prediction": g, **(k or {})} for g, k in zip(gens, ranked, strict=True)]
     for metric, per_row in score_rows(rows, gens, ranked).items():
       scores.setdefault(metric, {})[ck] = per_row
@@ -83,8 +67,7 @@ def _predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules
 
 def evaluated_splits() -> tuple[str, ...]:
   """The eval splits `run_eval` reads under the current eval_settings: the reported one, then the selection one."""
-  settings = eval_settings()
-  return tuple(s for s in dict.fromkeys((settings["split"], settings["selection_split"])) if s)
+  return EvalSettings().evaluated_splits
 
 
 def contamination_counts(train_mixture: str, eval_mixtures: Mapping[str, str], max_per_task: int) -> dict:
@@ -120,28 +103,29 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
   With `selection_split` set (eval_settings), the dev split is evaluated too and picks each dataset's
   best template; with `train_mixture`, the report states its contamination counts against each set.
   """
-  settings = eval_settings()
+  settings = EvalSettings()
   vocab = default_vocabulary()
-  split, selection_split = settings["split"], settings["selection_split"]
+  split, selection_split = settings.split, settings.selection_split
   # Prompts as training read them (an encoder's inputs leave room for their EOS).
-  lengths = task_lengths(task_feature_lengths, interface_for(model).encoder_decoder)
+  iface = interface_for(model)
+  lengths = iface.features.task_lengths(task_feature_lengths)
   sets, selections = {}, {}
   for set_name, mixture in eval_mixtures.items():
     for s in {split, selection_split} - {None}:
       _check_split(mixture, s)
-    rows = eval_examples(mixture, lengths, settings["max_per_task"], split=split)
-    sets[set_name] = (rows, *_predict_and_score(model, params_by_name, rows, vocab, settings, mesh, rules))
+    rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split)
+    sets[set_name] = (rows, *_predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules))
     if selection_split and selection_split != split:
-      dev = eval_examples(mixture, lengths, settings["max_per_task"], split=selection_split)
-      _, dev_scores = _predict_and_score(model, params_by_name, dev, vocab, settings, mesh, rules)
+      dev = eval_examples(mixture, lengths, settings.max_examples_per_task, split=selection_split)
+      _, dev_scores = _predict_and_score(iface, params_by_name, dev, vocab, settings, mesh, rules)
       selections[set_name] = (f"best template chosen on the {selection_split} split, reported on the {split} split",
                               dev, dev_scores)
   extra = {"eval_mixtures": dict(eval_mixtures), "split": split, "selection_split": selection_split}
   notes: list[str] = []
-  if train_mixture and settings["decontamination_per_task"] and jax.process_index() == 0:
+  if train_mixture and settings.decontamination_examples_per_task and jax.process_index() == 0:
     extra["train_mixture"] = train_mixture
     extra["decontamination"] = contamination_counts(train_mixture, eval_mixtures,
-                                                    settings["decontamination_per_task"])
+                                                    settings.decontamination_examples_per_task)
     notes = _contamination_notes(train_mixture, extra["decontamination"])
   summary, md = (write_report(out_dir, sets, title, extra, selections, notes) if jax.process_index() == 0
                  else ({}, ""))
@@ -161,20 +145,17 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_mixtures: Mapping[str,
   train_mixture: the mixture the checkpoint was tuned on; the report then states its decontamination
   counts against each eval set.
   """
-  from itjax.data.registry import require_task
-  from itjax.models.config_io import find_model_dir
-  from itjax.train import partitioning
-  from itjax.train.checkpoints import load_model
-
   for mixture in [*eval_mixtures.values(), *([train_mixture] if train_mixture else [])]:
     require_task(mixture)
-  use_model_dir_vocabulary(find_model_dir(checkpoint_path))
-  mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
+  mdir = ModelDir.open(checkpoint_path)
+  use_model_dir_vocabulary(mdir.root)
+  mesh, rules = create_mesh(), logical_axis_rules()
   params_by_name = {}
   if base_checkpoint_path:
-    _, params_by_name["base"] = load_model(base_checkpoint_path, mesh, rules)
-  model, params_by_name["tuned" if base_checkpoint_path else "checkpoint"] = load_model(checkpoint_path, mesh, rules)
-  out_dir = output_dir or os.path.join(find_model_dir(checkpoint_path), "eval", name)
-  summary, _ = run_eval(model, params_by_name, eval_mixtures, task_feature_lengths, out_dir, mesh=mesh, rules=rules,
-                        title=f"{checkpoint_path}: zero-shot evaluation", train_mixture=train_mixture)
+    params_by_name["base"] = ModelDir.open(base_checkpoint_path).load(mesh, rules).params
+  loaded = mdir.load(mesh, rules)
+  params_by_name["tuned" if base_checkpoint_path else "checkpoint"] = loaded.params
+  out_dir = output_dir or os.path.join(mdir.root, "eval", name)
+  summary, _ = run_eval(loaded.interface, params_by_name, eval_mixtures, task_feature_lengths, out_dir, mesh=mesh,
+                        rules=rules, title=f"{checkpoint_path}: zero-shot evaluation", train_mixture=train_mixture)
   return summary

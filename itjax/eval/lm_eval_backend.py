@@ -41,9 +41,10 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from itjax.data.vocab import default_vocabulary, load_vocabulary, model_dir_tokenizer
-from itjax.models.config_io import find_model_dir
-from itjax.models.interface import interface_for
+from itjax.core.mesh import create_mesh, logical_axis_rules
+from itjax.core.model_dir import ModelDir
+from itjax.data.vocab import default_vocabulary, load_vocabulary
+from itjax.models.families import interface_for
 
 log = logging.getLogger("itjax")
 
@@ -91,21 +92,20 @@ class ItjaxLM(LM):
     if pretrained is not None:
       if model is not None or params is not None:
         raise ValueError("give either pretrained=MODEL_DIR or model and params, not both")
-      from itjax.train import partitioning
-      from itjax.train.checkpoints import load_model
-
-      mesh = mesh if mesh is not None else partitioning.create_mesh()
-      rules = rules if rules is not None else partitioning.logical_axis_rules()
-      model, params = load_model(pretrained, mesh, rules)
+      mesh = mesh if mesh is not None else create_mesh()
+      rules = rules if rules is not None else logical_axis_rules()
+      mdir = ModelDir.open(pretrained)
+      loaded = mdir.load(mesh, rules)
+      model, params = loaded.interface, loaded.params
       if vocabulary is None:  # the tokenizer `itjax convert` / `itjax train` stored beside the checkpoints
-        vocabulary = model_dir_tokenizer(find_model_dir(pretrained))
+        vocabulary = mdir.tokenizer_file
     elif model is None or params is None:
       raise ValueError("the itjax backend needs pretrained=MODEL_DIR, or model and params")
     self.model, self.params = model, params
     self.iface = interface_for(model)
     self.mesh, self.rules = mesh, tuple(rules or ())
     self.vocab = resolve_vocabulary(vocabulary)
-    cfg = getattr(model, "cfg", None)
+    cfg = getattr(self.iface.model, "cfg", None)
     self.max_length = int(max_length or getattr(cfg, "max_decode_length", DEFAULT_MAX_LENGTH))
     if self.max_length < 2:
       raise ValueError(f"max_length={self.max_length}: need at least 2")
@@ -147,9 +147,7 @@ class ItjaxLM(LM):
     """
     if len(continuation) > self.max_length:
       raise ValueError(f"continuation of {len(continuation)} tokens is longer than max_length={self.max_length}")
-    excess = len(prompt) - self.max_length
-    if not self.iface.encoder_decoder:
-      excess += len(continuation)
+    excess = len(prompt) - self.iface.prompt_budget(self.max_length, len(continuation) - 1)
     return (prompt[excess:] if excess > 0 else prompt), continuation
 
   def score_pairs(self, pairs: Sequence[Pair], disable_tqdm: bool = True,
@@ -244,7 +242,7 @@ class ItjaxLM(LM):
       until = handle_stop_sequences(kwargs.get("until"), eos=None)
       max_new = int(kwargs["max_gen_toks"])
       # Decoder-only: BOS + context + new tokens share max_length; an encoder takes max_length of context.
-      budget = self.max_length if self.iface.encoder_decoder else self.max_length - max_new - 1
+      budget = self.iface.prompt_budget(self.max_length, max_new)
       if budget < 0:
         raise ValueError(f"max_gen_toks={max_new} leaves no room for a prompt within max_length={self.max_length}")
       prompts = {i: self._keep_last(self.tok_encode(requests[i].args[0]), budget) for i in members}

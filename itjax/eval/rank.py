@@ -12,14 +12,14 @@ rows are spread over all devices, and its scores are gathered so that every proc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import seqio
 
-from itjax.models.interface import interface_for
+from itjax.models.families import interface_for
 
 
-def rank_classify(model, params, rows: Sequence[dict], vocab: seqio.Vocabulary, *,
+def rank_classify(model, params, rows: Sequence[dict], vocab: Any, *,
                   batch_size: int = 64) -> list[dict | None]:
   """Per row: {"option", "option_norm", "loglik"} for rows with options, else None."""
   pairs, owner = [], []

@@ -12,7 +12,6 @@ differs from `shared.weight`. `load_hf_dir` follows the same rule.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -23,20 +22,21 @@ import jax
 import numpy as np
 
 from itjax.errors import UserError
-from itjax.models.hf_llama import (
+from itjax.models.hf_io import (
   Params,
   Shapes,
-  _check_shapes,
-  _flatten,
-  _SafetensorsTensors,
-  _shape_of,
-  _unflatten,
-  _weight_files,
+  check_shapes,
+  checked_reader,
+  flatten,
+  read_config,
+  read_tensors,
+  unflatten,
   write_hf_dir,
 )
 from itjax.models.t5 import T5Config
 
 ARCHITECTURE = "T5ForConditionalGeneration"
+MODEL_TYPES = ("t5",)
 # feed_forward_proj -> (mlp_activation, gated_mlp); HF's "gated-gelu" means the tanh approximation (gelu_new).
 _FEED_FORWARD = {"gated-gelu": ("gelu", True), "relu": ("relu", False)}
 # Copies of the shared embedding and a never-used decoder cross-attention bias that older checkpoints carry.
@@ -230,15 +230,9 @@ def params_from_hf(cfg: T5Config, tensors: Mapping[str, np.ndarray]) -> Params:
   `tensors` may be a dict or a lazy safetensors view; each tensor is read once. With a tied cfg a
   correctly shaped `lm_head.weight` is ignored, as are embedding copies (`encoder.embed_tokens`).
   """
-  actual = {name: _shape_of(tensors, name) for name in tensors if not _IGNORED.search(name)}
-  if cfg.tie_embeddings and actual.get("lm_head.weight") == (cfg.vocab_size, cfg.emb_dim):
-    del actual["lm_head.weight"]
-  _check_shapes(hf_shapes(cfg), actual, "Hugging Face checkpoint")
+  get = checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
+                       tied_head=(cfg.vocab_size, cfg.emb_dim) if cfg.tie_embeddings else None)
   dtype = np.dtype(cfg.params_dtype)
-
-  def get(name: str) -> np.ndarray:
-    return np.asarray(tensors[name]).astype(dtype, copy=False)
-
   flat = {"embedding": get("shared.weight")}
   if not cfg.tie_embeddings:
     flat["lm_head"] = get("lm_head.weight").T
@@ -258,13 +252,13 @@ def params_from_hf(cfg: T5Config, tensors: Mapping[str, np.ndarray]) -> Params:
       else:
         for i in range(n):
           flat[f"{stack}/layers_{i}/{ours}"] = _from_hf(get(f"{stack}.block.{i}.{theirs}"), kind, shape)
-  return _unflatten({name: np.ascontiguousarray(value) for name, value in flat.items()})
+  return unflatten({name: np.ascontiguousarray(value) for name, value in flat.items()})
 
 
 def params_to_hf(cfg: T5Config, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """HF tensors (contiguous numpy, dtype of the params) from itjax params; UserError lists every mismatch."""
-  flat = _flatten(nn.meta.unbox(dict(params)))
-  _check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
+  flat = flatten(nn.meta.unbox(dict(params)))
+  check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
   flat = {name: np.asarray(value) for name, value in jax.device_get(flat).items()}
   out = {"shared.weight": flat["embedding"]}
   if not cfg.tie_embeddings:
@@ -284,19 +278,6 @@ def params_to_hf(cfg: T5Config, params: Mapping[str, Any]) -> dict[str, np.ndarr
 # ----------------------------------------------------------------------------- directories
 
 
-def _read_config(path: str) -> dict[str, Any]:
-  if not os.path.isdir(path):
-    raise UserError(f"{path}: not a directory (expected a Hugging Face model directory)")
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"{config_path} not found (a Hugging Face model directory needs config.json)")
-  try:
-    with open(config_path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{config_path}: unreadable ({e})") from None
-
-
 def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[T5Config, Params]:
   """Reads an HF T5 directory (config.json + safetensors, single or sharded) into (cfg, numpy params).
 
@@ -305,8 +286,8 @@ def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[T5Config, Pa
   `shared.weight` is untied, as transformers does.
   """
   path = os.fspath(path)
-  cfg = config_from_hf(_read_config(path), **overrides)
-  tensors = _SafetensorsTensors(_weight_files(path))
+  cfg = config_from_hf(read_config(path), **overrides)
+  tensors = read_tensors(path)
   if cfg.tie_embeddings and "tie_embeddings" not in overrides and "lm_head.weight" in tensors:
     head = tensors["lm_head.weight"]
     if head.shape == (cfg.vocab_size, cfg.emb_dim) and not np.array_equal(head, tensors["shared.weight"]):
@@ -314,11 +295,25 @@ def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[T5Config, Pa
   return cfg, params_from_hf(cfg, tensors)
 
 
-def save_hf_dir(cfg: T5Config, params: Mapping[str, Any], path: str | os.PathLike, dtype: str = "float32",
-                max_shard_bytes: int = 5 * 10**9) -> None:
+def save_hf_dir(cfg: T5Config, params: Mapping[str, Any], path: str | os.PathLike, model_type: str = "t5",
+                dtype: str = "float32", max_shard_bytes: int = 5 * 10**9) -> None:
   """Writes an HF model directory (config.json + safetensors, sharded past max_shard_bytes).
 
   The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(path)`. Stale weight
   files from an earlier save (model.safetensors, model-*-of-*.safetensors, the index) are removed first.
   """
+  if model_type not in MODEL_TYPES:
+    raise UserError(f"a T5 model exports only as model_type t5, not {model_type!r}")
   write_hf_dir(path, config_to_hf(cfg), params_to_hf(cfg, params), dtype, max_shard_bytes)
+
+
+def module_names(cfg: T5Config) -> dict[str, str]:
+  """itjax kernel path (`<stack>/layers_<i>/...`, unscanned) -> HF module name, for every projection kernel
+  (peft's adapter format names modules this way)."""
+  table = {}
+  for stack in ("encoder", "decoder"):
+    for ours, theirs, kind in _layer_names(cfg, stack):
+      if kind != "norm":
+        table.update({f"{stack}/layers_{i}/{ours}": f"{stack}.block.{i}.{theirs.removesuffix('.weight')}"
+                      for i in range(_num_layers(cfg, stack))})
+  return table

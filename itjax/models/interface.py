@@ -1,10 +1,11 @@
 """What training and evaluation need from a model, for each architecture (as T5X's `models.py`).
 
-`interface_for(model)` wraps a `Decoder` (decoder-only, seqio's PrefixLM features: BOS + inputs +
-targets in one row, loss on the targets) or a `T5` (encoder-decoder, seqio's EncDec features) so
-that the trainer, the evaluator, `itjax infer`, the lm-eval backend and `itjax serve` share one
-code path: the batch -> logits function, generation from prompt token ids, and continuation
-scoring. Prompts here are a task's `inputs` token ids, as the feature converters see them; an
+An interface wraps a `Decoder` (decoder-only, seqio's PrefixLM features: BOS + inputs + targets in
+one row, loss on the targets) or a `T5` (encoder-decoder, seqio's EncDec features) so that the
+trainer, the evaluator, `itjax infer`, the lm-eval backend and `itjax serve` share one code path:
+the feature layout its batches have, the batch -> logits function, generation from prompt token
+ids, continuation scoring, and how prompts share the context. Each family names its interface
+(`itjax.models.families`). Prompts here are a task's `inputs` token ids, as the feature converters see them; an
 encoder-decoder's encoder reads them followed by EOS (`T5Config.eos_id`), as it does in training.
 With several processes, every process calls these with the same rows (one global computation
 over all devices) and gets every result back.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ import numpy as np
 
 from itjax.models import decoding, enc_dec_decoding, scoring
 from itjax.models.decoder import Decoder
+from itjax.models.features import ENC_DEC, PREFIX_LM, FeatureLayout
 from itjax.models.t5 import T5
 
 Batch = Mapping[str, jax.Array]
@@ -39,11 +41,27 @@ class DecoderOnly:
   """A Llama-family `Decoder` trained on seqio PrefixLM features (decoder_* keys)."""
 
   model: Decoder
-  encoder_decoder: ClassVar[bool] = False
+  # MFU counts 6 x params x tokens: every token passes through all of a decoder's parameters.
+  active_param_fraction: ClassVar[float] = 1.0
 
-  def example_inputs(self, task_feature_lengths: Mapping[str, int]) -> tuple[jax.Array, ...]:
-    """Dummy inputs of the training shapes, for `model.init`."""
-    return (jnp.zeros((1, sum(task_feature_lengths.values())), jnp.int32),)
+  @property
+  def features(self) -> FeatureLayout:
+    return FeatureLayout(PREFIX_LM)
+
+  def prompt_budget(self, context: int, decoder_tokens: int) -> int:
+    """Prompt tokens that fit a `context`-token window beside BOS and `decoder_tokens` more tokens."""
+    return context - decoder_tokens - 1
+
+  def check_lengths(self, prompt_tokens: int, new_tokens: int, context: int) -> str | None:
+    """Why a prompt and a generation budget do not fit the model's context, or None."""
+    if prompt_tokens > self.prompt_budget(context, new_tokens):
+      return (f"the prompt ({prompt_tokens} tokens) plus max_tokens ({new_tokens}) is over the model's context of "
+              f"{context} tokens")
+    return None
+
+  def padded_prompt_length(self, prompt_tokens: int) -> int:
+    """Length of the row a prompt fills before generation (BOS first)."""
+    return prompt_tokens + 1
 
   def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
     """[batch, length, vocab] float32 logits for a (packed or not) training batch."""
@@ -83,11 +101,25 @@ class EncoderDecoder:
   """A `T5` trained on seqio EncDec features: inputs -> encoder, targets -> decoder (start token 0)."""
 
   model: T5
-  encoder_decoder: ClassVar[bool] = True
+  # Each token passes through about half the parameters (its stack's), for MFU.
+  active_param_fraction: ClassVar[float] = 0.5
 
-  def example_inputs(self, task_feature_lengths: Mapping[str, int]) -> tuple[jax.Array, ...]:
-    return (jnp.zeros((1, task_feature_lengths["inputs"]), jnp.int32),
-            jnp.zeros((1, task_feature_lengths["targets"]), jnp.int32))
+  @property
+  def features(self) -> FeatureLayout:
+    return FeatureLayout(ENC_DEC, inputs_eos_id=self.model.cfg.eos_id)
+
+  def prompt_budget(self, context: int, decoder_tokens: int) -> int:
+    """The encoder reads the prompt: all of `context`, whatever the decoder generates."""
+    del decoder_tokens
+    return context
+
+  def check_lengths(self, prompt_tokens: int, new_tokens: int, context: int) -> str | None:
+    """Why a generation budget does not fit the decoder, or None (the prompt goes to the encoder)."""
+    del prompt_tokens
+    return f"max_tokens={new_tokens} is over the model's decoder length ({context})" if new_tokens > context else None
+
+  def padded_prompt_length(self, prompt_tokens: int) -> int:
+    return prompt_tokens
 
   def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
     """[batch, targets length, vocab] float32; dropout (the config's rate) when `dropout_rng` is given."""
@@ -127,12 +159,3 @@ class EncoderDecoder:
 
 
 ModelInterface = DecoderOnly | EncoderDecoder
-
-
-def interface_for(model: Any) -> ModelInterface:
-  """The interface of an itjax model module (a `Decoder` or a `T5`)."""
-  if isinstance(model, (DecoderOnly, EncoderDecoder)):
-    return model
-  if isinstance(model, T5):
-    return EncoderDecoder(model)
-  return DecoderOnly(model)

@@ -1,4 +1,5 @@
-"""The one place where parameter-efficient tuning (PEFT) enters the models: three small hooks.
+"""The one place where parameter-efficient tuning (PEFT) enters the models: three small hooks, and the
+split of a PEFT model's params into the frozen base and the trainable variables.
 
 Both model families call the same hooks at the same kinds of points, driven by their config's `peft`
 field (a `PeftConfig`; None turns every hook into the identity, so params and outputs are exactly
@@ -25,11 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 PEFT_LEAF = re.compile(r"(_lora_[ab]|^prefix_(key|value)|_adapter_(down|up)(_bias)?)$")
 ADAPTER_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=True), "silu": jax.nn.silu}
@@ -80,6 +83,36 @@ def as_peft_config(value: PeftConfig | dict | None) -> PeftConfig | None:
 def is_peft_leaf(path: str) -> bool:
   """Whether a '/'-joined param path names a PEFT variable (trainable under PEFT) rather than a base weight."""
   return bool(PEFT_LEAF.search(path.rsplit("/", 1)[-1]))
+
+
+Params = dict[str, Any]
+
+
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """'/'-joined path -> leaf."""
+  return traverse_util.flatten_dict(dict(tree), sep="/")
+
+
+def unflatten(flat: Mapping[str, Any]) -> Params:
+  return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def with_peft(cfg: Any, peft: PeftConfig | None) -> Any:
+  """The model config with `peft` set (None: the plain model)."""
+  return dataclasses.replace(cfg, peft=peft)
+
+
+def split(params: Mapping[str, Any]) -> tuple[Params, Params]:
+  """(frozen base, trainable PEFT variables) of a PEFT model's params (boxed or not)."""
+  flat = flatten(params)
+  base = {k: v for k, v in flat.items() if not is_peft_leaf(k)}
+  trainable = {k: v for k, v in flat.items() if is_peft_leaf(k)}
+  return unflatten(base), unflatten(trainable)
+
+
+def combine(base: Mapping[str, Any], trainable: Mapping[str, Any]) -> Params:
+  """The full params tree that a PEFT model applies: the base with the trainable variables added."""
+  return unflatten({**flatten(base), **flatten(trainable)})
 
 
 def _path(module: nn.Module, name: str) -> str:

@@ -15,8 +15,8 @@ import gin
 import jax.numpy as jnp
 
 from itjax.errors import UserError
-from itjax.models.peft_hooks import PeftConfig
-from itjax.peft.method import Params, check_base_dtype, flatten, unflatten
+from itjax.models.peft_hooks import Params, PeftConfig, flatten, unflatten
+from itjax.peft.method import check_base_dtype
 
 # PEFT / HF module names users already write in `target_modules`, and the itjax kernels they denote.
 HF_MODULE_ALIASES = {

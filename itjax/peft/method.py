@@ -1,60 +1,29 @@
-"""What every PEFT method shares: the model with PEFT variables, and the trainable / frozen split of its params.
+"""What every PEFT method shares: validating a method against a model, and the trainable / frozen split.
 
 A PEFT model is the plain model whose config carries a `PeftConfig` (`with_peft`); its params are the
-base weights plus PEFT variables that `itjax.models.peft_hooks.is_peft_leaf` recognizes. Training
-differentiates only the trainable tree and rebuilds the full tree inside the loss with `combine`,
-so gradients, optimizer state and checkpoints cover the trainable variables alone.
+base weights plus PEFT variables that `itjax.models.peft_hooks.is_peft_leaf` recognizes (`split`,
+`combine` live there, next to the hooks). Training differentiates only the trainable tree
+(`itjax.core.trainable.ParameterEfficient`), so gradients, optimizer state and checkpoints cover the
+trainable variables alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from itjax.errors import UserError
-from itjax.models.config_io import ModelConfig, build_model, example_inputs
+from itjax.models.families import family_of
 from itjax.models.layers import resolve_dtype
-from itjax.models.peft_hooks import PeftConfig, is_peft_leaf
-
-Params = dict[str, Any]
+from itjax.models.peft_hooks import Params, PeftConfig, flatten, is_peft_leaf, split, unflatten, with_peft
 
 
-def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """'/'-joined path -> leaf."""
-  return traverse_util.flatten_dict(dict(tree), sep="/")
-
-
-def unflatten(flat: Mapping[str, Any]) -> Params:
-  return traverse_util.unflatten_dict(dict(flat), sep="/")
-
-
-def with_peft(cfg: ModelConfig, peft: PeftConfig | None) -> ModelConfig:
-  """The model config with `peft` set (None: the plain model)."""
-  return dataclasses.replace(cfg, peft=peft)
-
-
-def split(params: Mapping[str, Any]) -> tuple[Params, Params]:
-  """(frozen base, trainable PEFT variables) of a PEFT model's params (boxed or not)."""
-  flat = flatten(params)
-  base = {k: v for k, v in flat.items() if not is_peft_leaf(k)}
-  trainable = {k: v for k, v in flat.items() if is_peft_leaf(k)}
-  return unflatten(base), unflatten(trainable)
-
-
-def combine(base: Mapping[str, Any], trainable: Mapping[str, Any]) -> Params:
-  """The full params tree that a PEFT model applies: the base with the trainable variables added."""
-  return unflatten({**flatten(base), **flatten(trainable)})
-
-
-def trainable_mask(params: Mapping[str, Any]) -> Params:
+def trainable_mask(params: Any) -> Params:
   """A tree of bools like `params`: True on PEFT variables (e.g. for optax.masked)."""
   return unflatten({k: is_peft_leaf(k) for k in flatten(params)})
 
@@ -73,27 +42,26 @@ def check_base_dtype(name: str, dtype: str) -> None:
     raise UserError(f"{name}: {e}") from None
 
 
-def abstract_params(cfg: ModelConfig) -> Params:
+def abstract_params(cfg: Any) -> Params:
   """Boxed ShapeDtypeStructs (with logical axes) of a model's params, without allocating."""
-  model = build_model(cfg)
-  return jax.eval_shape(lambda r: model.init(r, *example_inputs(cfg))["params"], jax.random.key(0))
+  return jax.eval_shape(lambda r: family_of(cfg).init(cfg, r), jax.random.key(0))
 
 
-def lora_kernels(cfg: ModelConfig) -> list[str]:
+def lora_kernels(cfg: Any) -> list[str]:
   """Param paths of every kernel LoRA can adapt in this architecture (attention q/k/v/o, MLP wi/wo)."""
   probe = PeftConfig(lora_rank=1, lora_targets=(".*",))
   flat = flatten(nn.meta.unbox(abstract_params(with_peft(cfg, probe))))
   return sorted(k[:-len("_lora_a")] for k in flat if k.endswith("_lora_a"))
 
 
-def check_peft(cfg: ModelConfig, peft: Any) -> None:
+def check_peft(cfg: Any, peft: Any) -> None:
   """UserError unless `peft` (gin's train.peft) is a PEFT method whose LoRA targets exist in `cfg`."""
   if not isinstance(peft, PeftConfig):
     raise UserError(f"train.peft={peft!r}: expected @lora(), @prefix_tuning() or @adapters() (with the parentheses)")
   check_targets(cfg, peft)
 
 
-def check_targets(cfg: ModelConfig, peft: PeftConfig) -> None:
+def check_targets(cfg: Any, peft: PeftConfig) -> None:
   """UserError naming `lora.target_modules` when a pattern matches no kernel LoRA can adapt."""
   if not peft.lora_rank:
     return
@@ -110,7 +78,6 @@ def count(tree: Any) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(tree)))
 
 
-def init_trainable(cfg: ModelConfig, rng: jax.Array) -> Params:
+def init_trainable(cfg: Any, rng: jax.Array) -> Params:
   """Freshly initialized trainable PEFT variables of `cfg` (its base weights are never materialized)."""
-  model = build_model(cfg)
-  return jax.jit(lambda r: split(nn.unbox(model.init(r, *example_inputs(cfg))["params"]))[1])(rng)
+  return jax.jit(lambda r: split(nn.unbox(family_of(cfg).init(cfg, r)))[1])(rng)

@@ -21,12 +21,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from itjax.data.vocab import default_vocabulary, use_model_dir_vocabulary
+from itjax.core.mesh import create_mesh, logical_axis_rules
+from itjax.core.model_dir import ModelDir
+from itjax.core.tokenizer import load_tokenizer
 from itjax.errors import UserError
-from itjax.models.config_io import find_model_dir, load_model_config
-from itjax.models.interface import interface_for
-from itjax.train import partitioning
-from itjax.train.checkpoints import load_model
 
 logger = logging.getLogger("itjax")
 MIN_LENGTH_BUCKET = 64
@@ -76,12 +74,12 @@ class Engine:
 
   def __init__(self, checkpoint: str, *, mesh_shape: Sequence[int] = (-1, 1, 1), max_batch: int = 8,
                batch_wait_s: float = 0.01):
-    self.cfg = load_model_config(checkpoint)
-    self.mesh, self.rules = partitioning.create_mesh(mesh_shape), partitioning.logical_axis_rules()
-    self.model, self.params = load_model(checkpoint, self.mesh, self.rules)
-    self.iface = interface_for(self.model)
-    use_model_dir_vocabulary(find_model_dir(checkpoint))
-    self.vocab = default_vocabulary()
+    mdir = ModelDir.open(checkpoint)
+    self.cfg = mdir.config
+    self.mesh, self.rules = create_mesh(mesh_shape), logical_axis_rules()
+    loaded = mdir.load(self.mesh, self.rules)
+    self.iface, self.params = loaded.interface, loaded.params
+    self.vocab = load_tokenizer(mdir.tokenizer_file)  # the tokenizer it was trained or converted with
     self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
     self.context = self.cfg.max_decode_length
     self.batches = 0  # decoding calls made (for tests and logs)
@@ -92,13 +90,7 @@ class Engine:
 
   def check_length(self, prompt_tokens: int, max_tokens: int) -> str | None:
     """Why a prompt and budget do not fit the model's context, or None."""
-    if self.iface.encoder_decoder:
-      return (f"max_tokens={max_tokens} is over the model's decoder length ({self.context})"
-              if max_tokens > self.context else None)
-    if prompt_tokens + 1 + max_tokens > self.context:
-      return (f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is over the model's context of "
-              f"{self.context} tokens")
-    return None
+    return self.iface.check_lengths(prompt_tokens, max_tokens, self.context)
 
   def submit(self, rows: list[list[int]], max_tokens: int, sampling: Sampling) -> cf.Future:
     """A future of one Generation per row."""
@@ -160,8 +152,7 @@ class Engine:
   def _decode(self, prompts: list[list[int]], max_new: int, s: Sampling) -> np.ndarray:
     """interface.generate, with power-of-two prompt-length buckets (BOS counted for decoder-only)."""
     seed = s.seed if s.seed is not None else (self._seed + self.batches) % (2**31)
-    extra = 0 if self.iface.encoder_decoder else 1
-    pad = bucket(max(max(len(p) for p in prompts) + extra, 1), MIN_LENGTH_BUCKET)
+    pad = bucket(max(self.iface.padded_prompt_length(max(len(p) for p in prompts)), 1), MIN_LENGTH_BUCKET)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return self.iface.generate(self.params, prompts, max_new_tokens=max_new, eos_id=self.vocab.eos_id,
                                  temperature=0.0 if s.greedy else s.temperature, top_k=0 if s.greedy else s.top_k,

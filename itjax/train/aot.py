@@ -1,32 +1,39 @@
 """Ahead-of-time compilation of the train step: will this config fit a TPU pod, before paying for one?
 
-`itjax compile` builds exactly what `itjax train` builds from the same gin files (model, optimizer,
-mesh, logical-axis rules, state and batch shardings, the jitted `train_step` with donated state),
-lowers it against abstract inputs (`jax.ShapeDtypeStruct`s carrying shardings, nothing allocated)
-and compiles it, as MaxText's `train_compile.py` does. The target is either the local devices or a
-Cloud TPU topology such as `v5p-128`, described by `jax.experimental.topologies` through `libtpu`
-(`pip install -e '.[tpu]'`; it works on a machine without TPUs). XLA's per-device memory analysis
-then says whether the step fits the device's HBM; on TPU the compiler itself refuses a step that
-does not.
+`itjax compile` builds exactly what `itjax train` builds from the same gin files (`itjax.train.build`:
+model, trainable-state strategy (full or PEFT), optimizer, mesh, logical-axis rules, state, batch and
+frozen-tree shardings, the jitted step with donated state), lowers it against abstract inputs
+(`jax.ShapeDtypeStruct`s carrying shardings, nothing allocated) and compiles it, as MaxText's
+`train_compile.py` does. It reads no task data: neither TensorFlow nor seqio is imported. The
+target is either the local devices or a Cloud TPU topology such as `v5p-128`, described by
+`jax.experimental.topologies` through `libtpu` (`pip install -e '.[tpu]'`; it works on a machine
+without TPUs). XLA's per-device memory analysis then says whether the step fits the device's HBM;
+on TPU the compiler itself refuses a step that does not.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import json
 import math
 import os
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax._src import xla_bridge
+from jax.experimental import topologies
 
 from itjax.errors import UserError
+from itjax.train.build import build
+from itjax.train.settings import TrainSettings, train_settings
+
+try:
+  from jax._src import hardware_utils  # what JAX itself checks before loading libtpu
+except ImportError:  # a private module: if it moved, rely on the environment alone
+  hardware_utils = None
 
 GIB = 1024**3
 # HBM per JAX device (a v4/v5p "megacore" chip is one device; a v2/v3 chip is two), by `device_kind`.
@@ -93,9 +100,9 @@ def parse_topology(name: str) -> Topology:
 
 
 def _local_tpu_chips() -> int:
+  if hardware_utils is None:
+    return 1  # assume a TPU VM and change nothing
   try:
-    from jax._src import hardware_utils  # what JAX itself checks before loading libtpu
-
     return hardware_utils.num_available_tpu_chips_and_device_id()[0]
   except Exception:  # a private helper: if it moved, assume a TPU VM and change nothing
     return 1
@@ -103,8 +110,6 @@ def _local_tpu_chips() -> int:
 
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
   """Compile-only devices of a TPU topology (needs `libtpu`, not TPUs)."""
-  from jax.experimental import topologies
-
   fake = {}
   if not _local_tpu_chips():
     # Off a TPU VM, libtpu looks for the VM's metadata and prints warnings (these answers silence it), and
@@ -130,33 +135,8 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
 
 def _use_cpu_backend() -> None:
   """A TPU-topology compile needs no local accelerator: keep libtpu from probing for one (and warning)."""
-  from jax._src import xla_bridge
-
   if not os.environ.get("JAX_PLATFORMS") and not xla_bridge.backends_are_initialized():
     jax.config.update("jax_platforms", "cpu")
-
-
-def train_settings() -> dict[str, Any]:
-  """`train`'s arguments as the parsed gin config sets them (defaults filled in), without training."""
-  from itjax.train.trainer import train
-
-  settings = {k: p.default for k, p in inspect.signature(train).parameters.items()}
-  settings.update(gin.get_bindings("train"))
-  missing = [k for k in ("task_feature_lengths", "batch_size", "model_config") if settings.get(k) is gin.REQUIRED]
-  if missing:
-    raise UserError(f"itjax compile: missing gin value(s) {', '.join('train.' + k for k in missing)} "
-                    "(give the same --gin_file flags as for itjax train)")
-  return settings
-
-
-def batch_shapes(task_feature_lengths: Mapping[str, int], batch_size: int, *, encoder_decoder: bool,
-                 pack: bool) -> dict[str, tuple[int, int]]:
-  """The shapes of the global batch the trainer feeds the step (same features, same lengths)."""
-  from itjax.data.pipeline import DECODER_FEATURES, ENCODER_FEATURES, feature_converter
-
-  lengths = feature_converter(encoder_decoder, pack).get_model_feature_lengths(dict(task_feature_lengths))
-  keys = DECODER_FEATURES + (ENCODER_FEATURES if encoder_decoder else ())
-  return {k: (batch_size, lengths[k]) for k in keys if k in lengths}
 
 
 def _axes(entry) -> tuple[str, ...]:
@@ -195,10 +175,11 @@ class MemoryReport:
   num_devices: int
   mesh_shape: dict[str, int]
   batch: str
-  params_bytes: int  # one device's shards, computed from the shardings
+  params_bytes: int  # one device's shards of the trainable params, computed from the shardings
   opt_state_bytes: int
   batch_bytes: int
-  params_total_bytes: int  # the whole model, unsharded
+  params_total_bytes: int  # the whole model (trainable and frozen), unsharded
+  frozen_bytes: int = 0  # a PEFT run's frozen base
   argument_bytes: int | None = None  # from XLA's memory analysis
   output_bytes: int | None = None
   alias_bytes: int | None = None
@@ -233,6 +214,7 @@ class MemoryReport:
              f"model: {_fmt(self.params_total_bytes)} of parameters in all",
              "", "per device", f"{'parameters (from shardings)':<34}{_col(self.params_bytes)}",
              f"{'optimizer state (from shardings)':<34}{_col(self.opt_state_bytes)}",
+             *([f"{'frozen base (from shardings)':<34}{_col(self.frozen_bytes)}"] if self.frozen_bytes else []),
              f"{'batch (from shardings)':<34}{_col(self.batch_bytes)}"]
     if self.compile_error is None:
       lines += [f"{'arguments (XLA)':<34}{_col(self.argument_bytes)}",
@@ -243,7 +225,7 @@ class MemoryReport:
                 f"{'total':<34}{_col(self.total_bytes)}"]
     if self.hbm_bytes is not None:
       lines.append(f"{'device memory (HBM)':<34}{_col(self.hbm_bytes)}")
-    ours = self.params_bytes + self.opt_state_bytes + self.batch_bytes
+    ours = self.params_bytes + self.opt_state_bytes + self.frozen_bytes + self.batch_bytes
     if self.argument_bytes is not None and self.argument_bytes > ours + 64:
       lines.append("(XLA's arguments exceed the shards' bytes by the padding of small arrays to TPU tiles)")
     lines.append("")
@@ -291,15 +273,8 @@ def _oom_message(e: Exception) -> str | None:
 
 
 def compile_train_step(*, topology: str | None = None, num_slices: int = 1, per_device_hbm_gib: float | None = None,
-                       settings: Mapping[str, Any] | None = None) -> MemoryReport:
+                       settings: TrainSettings | None = None) -> MemoryReport:
   """Compiles `train`'s step for `topology` (e.g. "v5p-128") or the local devices; returns its memory report."""
-  from itjax.models.config_io import build_model
-  from itjax.models.interface import interface_for
-  from itjax.train import partitioning
-  from itjax.train.optim import make_optimizer
-  from itjax.train.state import abstract_state, state_specs
-  from itjax.train.step import jit_train_step
-
   if topology:
     _use_cpu_backend()
     topo = parse_topology(topology)
@@ -307,46 +282,24 @@ def compile_train_step(*, topology: str | None = None, num_slices: int = 1, per_
         f", {num_slices} slices)" if num_slices > 1 else ")")
   else:
     devices, target = jax.devices(), f"the local devices ({jax.devices()[0].platform})"
-  s = dict(settings or train_settings())
-  if s.get("peft") is not None or getattr(s["model_config"], "peft", None) is not None:
-    raise UserError("itjax compile: train.peft is set; compiling the PEFT step (trainable state + frozen base) "
-                    "is not supported yet. Compile the full fine-tuning step (an upper bound) by leaving it unset")
-  batch_size, num_microbatches = int(s["batch_size"]), int(s.get("num_microbatches") or 1)
-  if batch_size % num_microbatches:
-    raise UserError(f"train.batch_size={batch_size} must divide by train.num_microbatches ({num_microbatches})")
-
-  mesh = partitioning.create_mesh(devices=devices)
-  rules = partitioning.logical_axis_rules()
-  model = build_model(s["model_config"])
-  iface = interface_for(model)
-  optimizer, schedule = make_optimizer()
-  example = iface.example_inputs(s["task_feature_lengths"])
-  shardings = partitioning.tree_shardings(state_specs(model, optimizer, example), mesh, rules)
-  state = abstract_state(model, optimizer, example, shardings)
+  s = settings if settings is not None else train_settings()
+  b = build(s, devices=devices)
+  state = b.abstract_state
   check_divisible(state)
-  batch_sharding = partitioning.batch_sharding(mesh, rules)
-  shapes = batch_shapes(s["task_feature_lengths"], batch_size, encoder_decoder=iface.encoder_decoder,
-                        pack=bool(s.get("pack", True)))
-  shards = math.prod(mesh.shape[a] for a in _axes(batch_sharding.spec[0]))
-  if batch_size % shards:
-    raise UserError(f"train.batch_size={batch_size} must divide by the {shards} batch shards of mesh "
-                    f"{dict(mesh.shape)} (create_mesh.mesh_shape, logical_axis_rules 'batch')")
-  batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding) for k, shape in shapes.items()}
-  dropout = getattr(s["model_config"], "dropout_rate", 0.0) or 0.0
-  step_fn = jit_train_step(model, optimizer, schedule, shardings, batch_sharding, num_microbatches=num_microbatches,
-                           z_loss=s.get("z_loss", 0.0), label_smoothing=s.get("label_smoothing", 0.0),
-                           loss_normalizing_factor=s.get("loss_normalizing_factor", "num_real_target_tokens"),
-                           dropout_seed=s.get("seed", 0) if dropout > 0 else None)
+  frozen = b.frozen_abstract()
+  check_divisible(frozen)
+  batch = b.abstract_batch()
   hbm = int(per_device_hbm_gib * GIB) if per_device_hbm_gib else device_hbm_bytes(devices[0])
-  length = " + ".join(f"{v}" for v in s["task_feature_lengths"].values())
+  length = " + ".join(f"{v}" for v in s.task_feature_lengths.values())
   report = MemoryReport(
-      target=target, device_kind=devices[0].device_kind, num_devices=len(devices), mesh_shape=dict(mesh.shape),
-      batch=f"{batch_size} x ({length}) tokens" + (f" in {num_microbatches} microbatches" if num_microbatches > 1
-                                                   else ""),
+      target=target, device_kind=devices[0].device_kind, num_devices=len(devices), mesh_shape=dict(b.mesh.shape),
+      batch=f"{s.batch_size} x ({length}) tokens" + (f" in {s.num_microbatches} microbatches"
+                                                     if s.num_microbatches > 1 else ""),
       params_bytes=per_device_bytes(state.params), opt_state_bytes=per_device_bytes(state.opt_state),
-      batch_bytes=per_device_bytes(batch), params_total_bytes=total_bytes(state.params), hbm_bytes=hbm)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    lowered = step_fn.lower(state, batch)
+      frozen_bytes=per_device_bytes(frozen), batch_bytes=per_device_bytes(batch),
+      params_total_bytes=total_bytes((state.params, frozen)), hbm_bytes=hbm)
+  with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
+    lowered = b.step_fn.lower(state, batch, frozen)
   try:
     compiled = lowered.compile()
   except Exception as e:  # XLA's out-of-HBM error on TPU is the answer, not a crash
@@ -366,12 +319,9 @@ def compile_train_step(*, topology: str | None = None, num_slices: int = 1, per_
 def compile_command(*, topology: str | None, num_slices: int, per_device_hbm_gib: float | None,
                     json_path: str | None = None) -> int:
   """`itjax compile`: prints the memory table; 0 when it fits (or no limit is known), 1 when it does not."""
-  import json
-
   report = compile_train_step(topology=topology, num_slices=num_slices, per_device_hbm_gib=per_device_hbm_gib)
   print(report.table())
   if json_path:
     with open(json_path, "w") as f:
       json.dump(report.as_dict(), f, indent=1)
   return 1 if report.fits is False else 0
-

@@ -1,97 +1,73 @@
-"""The training loop: sharded state, jitted step, checkpoints, summaries, evals.
+"""The training loop: sharded state, jitted step, checkpoints, summaries, in-loop evaluation.
 
-`train` is the gin entry point of `itjax train`. It resumes from the latest
-complete checkpoint in MODEL_DIR if there is one (model, optimizer, step and
-data position; onto whatever mesh this run has), else starts at step 0 from
-INITIAL_CHECKPOINT_PATH's params or from scratch.
+`train(settings, evaluator=...)` runs `itjax train`. It resumes from the latest complete checkpoint in
+MODEL_DIR if there is one (model, optimizer, step and data position; onto whatever mesh this run
+has), else starts at step 0 from INITIAL_CHECKPOINT_PATH's params or from scratch. Evaluation is
+the caller's: `evaluator` builds an `Evaluator` (`itjax.eval.training.TrainingEval` for the CLI),
+so this module never imports the eval layer.
 
-Robustness: a run killed at any point and restarted continues with exactly the
-losses of an uninterrupted one (the data stream is a function of the seed,
-`data_shards` and the number of batches consumed). SIGTERM (a preemption
-notice; on several hosts JAX's preemption service agrees on the step) saves
-the current step and returns normally. A non-finite loss, gradient or state
-stops the run with `NonFiniteError` naming the step, before any checkpoint of
-that state is written.
+Robustness: a run killed at any point and restarted continues with exactly the losses of an
+uninterrupted one (the data stream is a function of the seed, `data_shards` and the number of
+batches consumed). SIGTERM saves the current step and returns normally; non-finite values stop the
+run before they are checkpointed (`itjax.train.loop`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import flax.linen as nn
 import gin
 import jax
 import numpy as np
 
+from itjax.core.checkpoints import Checkpointer
+from itjax.core.distributed import initialize_distributed
+from itjax.core.model_dir import find_model_dir, save_model_config
+from itjax.core.model_info import write_model_info
 from itjax.data import vocab
-from itjax.data.feature_converters import check_packer
 from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
 from itjax.data.stream_stats import StreamStats
 from itjax.errors import UserError
-from itjax.eval.evaluator import evaluated_splits, run_eval
-from itjax.eval.report import METRIC_TITLES
-from itjax.models.config_io import ModelConfig, build_model, find_model_dir, save_model_config
-from itjax.models.interface import interface_for
-from itjax.models.peft_hooks import PeftConfig
-from itjax.peft import state as peft_state
-from itjax.peft.method import check_peft, combine, with_peft
-from itjax.train import partitioning, perf
-from itjax.train.checkpoints import Checkpointer, restore_params
-from itjax.train.distributed import initialize_distributed
-from itjax.train.model_info import write_model_info
-from itjax.train.optim import make_optimizer
-from itjax.train.state import TrainState, abstract_state, create_train_state, init_params
-from itjax.train.step import check_loss_normalizing_factor, jit_train_step
+from itjax.models.features import FeatureLayout
+from itjax.train import perf
+from itjax.train.build import Built, build
+from itjax.train.loop import Loop, NonFiniteError, Preemption  # noqa: F401  (NonFiniteError: part of the API)
+from itjax.train.settings import StreamSettings, TrainSettings, train_settings
 from itjax.train.summaries import MetricsWriter
 
 log = logging.getLogger("itjax")
 
 
-class NonFiniteError(FloatingPointError, UserError):
-  """The loss, gradients or updated state became NaN/inf; nothing from that step on was checkpointed."""
+class Evaluator(Protocol):
+  """In-loop and end-of-training evaluation, as the trainer uses it."""
+
+  def splits(self) -> tuple[str, ...]:
+    """The eval splits it reads (what `stream_settings.decontaminate` removes from training)."""
+    ...
+
+  def check_metric(self, name: str) -> None:
+    """UserError unless `name` ("SET/METRIC") is a metric it reports."""
+    ...
+
+  def evaluate(self, step: int, params: Any) -> dict[str, float]:
+    """Scores of the params at `step` ({"SET/METRIC": value}, on every process)."""
+    ...
+
+  def final(self, params_by_name: Mapping[str, Any], step: int) -> None:
+    """The end-of-training report (the untrained baseline beside the last step)."""
+    ...
 
 
-class _Preemption:
-  """SIGTERM -> stop at an agreed step: a flag with one process, JAX's preemption service with several."""
-
-  def __init__(self, multiprocess: bool):
-    self.multiprocess = multiprocess
-    self.requested = False
-    self._old = None
-
-  def __enter__(self):
-    if not self.multiprocess:  # JAX's own SIGTERM notifier must keep the signal with several processes
-      try:
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    """Called once per step, at the same steps on every process."""
-    if self.multiprocess and not self.requested:
-      from jax.experimental import multihost_utils
-
-      try:
-        self.requested = multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
-        pass
-    return self.requested
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+class EvaluatorFactory(Protocol):
+  def __call__(self, *, interface: Any, mesh: Any, rules: Any, eval_mixtures: Mapping[str, str],
+               task_feature_lengths: Mapping[str, int], model_dir: str, train_mixture: str) -> Evaluator: ...
 
 
 def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -100,8 +76,7 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 
 
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
-                 seed: int, data_shards: int, pack: bool, start_batch: int,
-                 encoder_decoder: bool = False, packer: str = "best_fit", dedup: bool = False,
+                 seed: int, data_shards: int, start_batch: int, layout: FeatureLayout, stream: StreamSettings,
                  decontaminate: NgramIndex | None = None, stats: StreamStats | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
@@ -112,8 +87,9 @@ def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
   per_host = data_shards // jax.process_count()
   streams = [numpy_batches(train_dataset(
       mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
-      shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=pack, start_batch=start_batch,
-      encoder_decoder=encoder_decoder, packer=packer, dedup=dedup, decontaminate=decontaminate, stats=stats))
+      shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=stream.pack,
+      start_batch=start_batch, layout=layout, packer=stream.packer, dedup=stream.dedup,
+      decontaminate=decontaminate, stats=stats))
       for j in range(per_host)]
   while True:
     parts = [next(s) for s in streams]
@@ -126,7 +102,8 @@ def _resolve_data_shards(requested: int | None, saved: int | None, batch_size: i
   if requested is not None:
     shards = requested
     if saved and saved != requested:
-      log.warning("train.data_shards=%d but the checkpoint read %d shards: the data order changes", requested, saved)
+      log.warning("stream_settings.data_shards=%d but the checkpoint read %d shards: the data order changes",
+                  requested, saved)
   elif saved and saved % n == 0 and batch_size % saved == 0:
     shards = saved
   else:
@@ -135,33 +112,9 @@ def _resolve_data_shards(requested: int | None, saved: int | None, batch_size: i
       log.warning("checkpoint read %d data shards; %d processes cannot: reading %d (the data order changes)",
                   saved, n, n)
   if shards < 1 or shards % n or batch_size % shards:
-    raise UserError(f"train.data_shards={shards} must be a multiple of the process count ({n}) and divide "
-                    f"train.batch_size={batch_size}")
+    raise UserError(f"stream_settings.data_shards={shards} must be a multiple of the process count ({n}) and "
+                    f"divide train.batch_size={batch_size}")
   return shards
-
-
-def _broadcast_json(obj):
-  """Process 0's JSON-able value on every process."""
-  if jax.process_count() == 1:
-    return obj
-  from jax.experimental import multihost_utils
-
-  data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
-  n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
-  buf = np.zeros(n, np.uint8)
-  buf[:data.size] = data
-  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
-
-
-def _check_best_metric(name: str | None, eval_mixtures: Mapping[str, str] | None, eval_period: int | None) -> None:
-  if not name:
-    return
-  set_name, _, metric = name.partition("/")
-  if not eval_period or not eval_mixtures:
-    raise UserError(f"train.best_checkpoint_metric={name!r} needs train.eval_period and EVAL_MIXTURES")
-  if set_name not in eval_mixtures or metric not in METRIC_TITLES:
-    raise UserError(f"train.best_checkpoint_metric={name!r}: expected SET/METRIC with SET one of "
-                    f"{sorted(eval_mixtures)} and METRIC one of {sorted(METRIC_TITLES)}")
 
 
 def write_operative_config(model_dir: str) -> None:
@@ -170,279 +123,146 @@ def write_operative_config(model_dir: str) -> None:
       f.write(gin.operative_config_str())
 
 
-@gin.configurable(denylist=["evaluate_at_end"])
-def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED, model_config: ModelConfig = gin.REQUIRED, seed: int = 0,
-          pack: bool = True, log_every: int = 10, checkpoint_period: int = 100, keep_checkpoints: int | None = 3,
-          num_microbatches: int = 1, z_loss: float = 0.0, label_smoothing: float = 0.0,
-          loss_normalizing_factor: str | float = "num_real_target_tokens", data_shards: int | None = None,
-          initial_checkpoint_path: str | None = None, eval_mixtures: Mapping[str, str] | None = None,
-          eval_period: int | None = None, best_checkpoint_metric: str | None = None,
-          best_checkpoint_mode: str = "max", keep_best_checkpoints: int = 1,
-          peak_flops_per_device: float | None = None, peft: PeftConfig | None = None, packer: str = "best_fit",
-          dedup: bool = False, decontaminate: bool = False, evaluate_at_end: bool = True) -> dict:
-  """Trains until `train_steps` (total, counting resumed steps); returns the last metrics.
+def train(settings: TrainSettings | None = None, *, evaluator: EvaluatorFactory | None = None,
+          evaluate_at_end: bool = True) -> dict:
+  """Trains until `settings.train_steps` (total, counting resumed steps); returns the last metrics.
 
-  model_config: a `DecoderConfig` (decoder-only, PrefixLM features) or a `T5Config` (encoder-decoder,
-    EncDec features: TASK_FEATURE_LENGTHS' inputs and targets are the encoder and decoder lengths).
-    A T5 config's dropout_rate applies in training steps (never in evaluation).
-
-  eval_period: evaluate the current params on `eval_mixtures` every this many steps (and at the end),
-    into MODEL_DIR/eval/step_<n>/, logging `eval/SET/METRIC` scalars.
-  best_checkpoint_metric: "SET/METRIC" (e.g. "held-out/exact_match"): also keep the
-    `keep_best_checkpoints` best evaluated checkpoints by it ("max" or "min" `best_checkpoint_mode`).
-  data_shards: how many pieces each global batch is read in (default: the process count, or the resumed
-    checkpoint's); each process reads data_shards / process_count of them.
-  peak_flops_per_device: for the `mfu` metric; default: known TPU/GPU peaks, no MFU on CPU.
-  packer: "best_fit" (default; about 96% non-padding at the offline default) or "seqio" (seqio's greedy
-    packer), when `pack`.
-  dedup: drop normalized-text duplicates per task and pass (itjax.data.dedup); counted.
-  decontaminate: drop training examples that share a 13-gram with the evaluated splits of
-    `eval_mixtures` (itjax.data.quality); counted. What the stream drops, cuts and pads is logged
-    and written to metrics.jsonl as `data/...` scalars (process 0's shards, with several processes).
-  peft: parameter-efficient tuning (`@lora()`, `@prefix_tuning()`, `@adapters()`; see itjax.peft): only
-    the method's variables train and are checkpointed; the frozen base comes from INITIAL_CHECKPOINT_PATH
-    (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.
+  settings: default `train_settings()`, i.e. what gin says. evaluator: builds the in-loop / final
+  evaluation (needed when EVAL_MIXTURES is set). evaluate_at_end: the final report (init vs last step).
   """
-  args = dict(locals())
-  with _Preemption(multiprocess=initialize_distributed()) as preempt:
-    return _train(**args, preempt=preempt)
+  with Preemption(multiprocess=initialize_distributed()) as preempt:
+    return _run(settings if settings is not None else train_settings(), evaluator, evaluate_at_end, preempt)
 
 
-def _train(*, model_dir, mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config, seed,
-           pack, log_every, checkpoint_period, keep_checkpoints, num_microbatches, z_loss, label_smoothing,
-           loss_normalizing_factor, data_shards, initial_checkpoint_path, eval_mixtures, eval_period,
-           best_checkpoint_metric, best_checkpoint_mode, keep_best_checkpoints, peak_flops_per_device, peft,
-           packer, dedup, decontaminate, evaluate_at_end, preempt: _Preemption) -> dict:
-  require_task(mixture_or_task_name)
-  for name in (eval_mixtures or {}).values():
+def _check(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: bool) -> None:
+  require_task(s.mixture_or_task_name)
+  for name in (s.eval_mixtures or {}).values():
     require_task(name)
-  if batch_size % jax.process_count() or batch_size % max(num_microbatches, 1):
-    raise UserError(f"train.batch_size={batch_size} must divide by the process count ({jax.process_count()}) "
-                    f"and train.num_microbatches ({num_microbatches})")
-  loss_normalizing_factor = check_loss_normalizing_factor(loss_normalizing_factor)
-  check_packer(packer)
-  if decontaminate and not eval_mixtures:
-    raise UserError("train.decontaminate=True needs train.eval_mixtures (EVAL_MIXTURES): the eval data to "
-                    "decontaminate against")
-  _check_best_metric(best_checkpoint_metric, eval_mixtures, eval_period)
-  peft = peft if peft is not None else getattr(model_config, "peft", None)  # DecoderConfig.peft = @lora() too
-  if peft is not None:  # model_config.json then records the method: eval/infer/convert rebuild the PEFT model
-    check_peft(model_config, peft)
-    model_config = with_peft(model_config, peft)
-  model_dir = os.path.abspath(model_dir)
+  if s.batch_size % jax.process_count():
+    raise UserError(f"train.batch_size={s.batch_size} must divide by the process count ({jax.process_count()})")
+  wants_eval = s.eval_mixtures and (s.eval_period or evaluate_at_end or s.stream.decontaminate)
+  if wants_eval and evaluator is None:
+    raise UserError("EVAL_MIXTURES is set but no evaluator was given to itjax.train.trainer.train (the itjax "
+                    "CLI gives one); pass evaluator=itjax.eval.training.TrainingEval, or set EVAL_MIXTURES=None")
+
+
+def _prepare_model_dir(s: TrainSettings) -> str:
+  """MODEL_DIR with model_config.json and the tokenizer files (the initial checkpoint's, or gin's)."""
+  model_dir = os.path.abspath(s.model_dir)
   os.makedirs(model_dir, exist_ok=True)
   # The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was converted with.
-  vocab.use_model_dir_vocabulary(find_model_dir(initial_checkpoint_path) if initial_checkpoint_path else None)
-  vocab.check_vocabulary_fits(model_config.vocab_size, "MODEL", getattr(model_config, "eos_id", None))
+  vocab.use_model_dir_vocabulary(find_model_dir(s.initial_checkpoint_path) if s.initial_checkpoint_path else None)
+  vocab.check_vocabulary_fits(s.model_config.vocab_size, "MODEL", getattr(s.model_config, "eos_id", None))
   if jax.process_index() == 0:
-    save_model_config(model_dir, model_config)
+    save_model_config(model_dir, s.model_config)
     if vocab.active_path():  # eval/infer/export of this MODEL_DIR find the tokenizer beside the checkpoints
       vocab.copy_tokenizer_files(os.path.dirname(vocab.active_path()), model_dir, vocab.active_path())
+  return model_dir
 
-  mesh = partitioning.create_mesh()
-  rules = partitioning.logical_axis_rules()
-  model = build_model(model_config)
-  iface = interface_for(model)
-  optimizer, schedule = make_optimizer()
-  example = iface.example_inputs(task_feature_lengths)
-  if peft is None:
-    state, shardings = create_train_state(model, optimizer, mesh, rules, jax.random.key(seed), example)
-  else:  # the trainable PEFT variables only; the frozen base is loaded once its reference is known
-    state, shardings = peft_state.create_state(model_config, optimizer, mesh, rules, jax.random.key(seed))
-  base_ref = peft_state.base_reference(initial_checkpoint_path, seed)
-  ckpt = Checkpointer(model_dir, period=checkpoint_period, keep=keep_checkpoints,
-                      best_metric=best_checkpoint_metric, best_mode=best_checkpoint_mode,
-                      keep_best=keep_best_checkpoints)
+
+def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: bool, preempt: Preemption) -> dict:
+  _check(s, evaluator, evaluate_at_end)
+  model_dir = _prepare_model_dir(s)
+  b = build(s)
+  ev = None
+  if evaluator is not None and s.eval_mixtures:
+    ev = evaluator(interface=b.interface, mesh=b.mesh, rules=b.rules, eval_mixtures=s.eval_mixtures,
+                   task_feature_lengths=s.task_feature_lengths, model_dir=model_dir,
+                   train_mixture=s.mixture_or_task_name)
+    if s.checkpoints.best_metric:
+      ev.check_metric(s.checkpoints.best_metric)
+  state, shardings = b.trainable.create_state(b.optimizer, b.mesh, b.rules, jax.random.key(s.seed))
+  c = s.checkpoints
+  ckpt = Checkpointer(model_dir, period=c.period, keep=c.keep, best_metric=c.best_metric, best_mode=c.best_mode,
+                      keep_best=c.keep_best)
   loop = None
   try:
     start = ckpt.latest_step()
     saved_shards = None
     if start is not None:
-      abstract = (abstract_state(model, optimizer, example, shardings) if peft is None
-                  else peft_state.abstract_state(model_config, optimizer, shardings))
-      state, meta = ckpt.restore(start, abstract)
-      base_ref = meta.get(peft_state.BASE_META, base_ref)  # PEFT: the base this run started from
+      state, meta = ckpt.restore(start, b.abstract_state)
+      b = b.with_trainable(b.trainable.from_meta(meta, os.path.join(ckpt.directory, str(start))))
       start_batch, saved_shards = meta["data"]["batches"], meta["data"].get("shards")
       log.info("resumed from step %d (data position %d batches)", start, start_batch)
     else:
       start, start_batch = 0, 0
-      if initial_checkpoint_path and peft is None:
-        params = restore_params(initial_checkpoint_path, jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.params, shardings.params))
-        state = state.replace(params=params,
-                              opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
-        log.info("fine-tuning from %s", initial_checkpoint_path)
-    data_shards = _resolve_data_shards(data_shards, saved_shards, batch_size)
-    # PEFT: the frozen base, a separate (sharded, never donated) argument of the step; else nothing.
-    frozen_shardings = () if peft is None else (peft_state.base_shardings(model_config, mesh, rules),)
-    frozen = () if peft is None else (peft_state.load_base(model_config, base_ref, mesh, rules),)
-    full_params = (lambda p: p) if peft is None else functools.partial(combine, frozen[0])
-    if jax.process_index() == 0 and peft is None:
-      write_model_info(os.path.join(model_dir, "model-info.txt"), state, shardings, model, optimizer, example)
-    elif jax.process_index() == 0:
-      peft_state.write_model_info(os.path.join(model_dir, "model-info.txt"), model_config, optimizer, state,
-                                  shardings, frozen[0], frozen_shardings[0])
+      state = b.trainable.start(state, shardings, b.optimizer, s.initial_checkpoint_path)
+      if s.initial_checkpoint_path and s.model_config.peft is None:
+        log.info("fine-tuning from %s", s.initial_checkpoint_path)
+    data_shards = _resolve_data_shards(s.stream.data_shards, saved_shards, s.batch_size)
+    frozen = b.load_frozen()
+    if jax.process_index() == 0:
+      write_model_info(os.path.join(model_dir, "model-info.txt"),
+                       b.trainable.info_groups(b.optimizer, state, shardings, frozen.get("base"), b.mesh, b.rules),
+                       b.trainable.info_header)
 
-    batch_sharding = partitioning.batch_sharding(mesh, rules)
-    step_fn = jit_train_step(
-        model, optimizer, schedule, shardings, batch_sharding, num_microbatches=num_microbatches, z_loss=z_loss,
-        label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor,
-        dropout_seed=seed if (getattr(model_config, "dropout_rate", 0.0) > 0
-                              or (peft is not None and peft.lora_dropout > 0)) else None,
-        frozen_shardings=frozen_shardings)
     stream_stats = StreamStats()
     index = None
-    if decontaminate:
-      splits = evaluated_splits()
-      index = eval_index(list(eval_mixtures.values()), splits)
-      log.info("decontaminating against %d 13-grams of %s (%s)", len(index), sorted(eval_mixtures.values()),
+    if s.stream.decontaminate:
+      splits = ev.splits()
+      index = eval_index(list(s.eval_mixtures.values()), splits)
+      log.info("decontaminating against %d 13-grams of %s (%s)", len(index), sorted(s.eval_mixtures.values()),
                "/".join(splits))
-    batches = host_batches(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
-                           data_shards=data_shards, pack=pack, start_batch=start_batch,
-                           encoder_decoder=iface.encoder_decoder, packer=packer, dedup=dedup,
-                           decontaminate=index, stats=stream_stats)
-    loop = _Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, train_steps, start),
-                 stream_stats=stream_stats,
-                 start=start, start_batch=start_batch, seed=seed, data_shards=data_shards,
-                 meta={} if peft is None else {peft_state.BASE_META: base_ref},
-                 # Enc-dec: each token passes through about half the parameters (its stack's).
-                 num_params=perf.count_params((state.params, frozen)) // (2 if iface.encoder_decoder else 1),
-                 peak_flops=peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
-    evaluate = None
-    if eval_period and eval_mixtures:
-      def evaluate(step: int, params) -> dict[str, float]:
-        name = f"step_{step}"
-        summary, _ = run_eval(model, {name: params}, eval_mixtures, task_feature_lengths,
-                              os.path.join(model_dir, "eval", name), mesh=mesh, rules=rules,
-                              title=f"{mixture_or_task_name}: zero-shot evaluation at step {step}")
-        return _broadcast_json({f"{s}/{m}": v[name] for s, res in summary.items()
-                                for m, v in res["overall"].items() if v.get(name) is not None})
-
-    step = start
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      while step < train_steps and not preempt.should_stop(step):
-        local = next(batches)
-        tokens = float(sum(np.sum(local[k] > 0) for k in ("encoder_input_tokens", "decoder_target_tokens")
-                           if k in local)) * jax.process_count()
-        state, m = step_fn(state, _global_batch(local, batch_sharding), *frozen)
-        step += 1
-        loop.stepped(step, m, tokens)
-        if step == start + 1:
-          write_operative_config(model_dir)
-        if step % log_every == 0 or step == train_steps:
-          loop.log()
-        eval_metrics = None
-        if evaluate is not None and (step % eval_period == 0 or step == train_steps):
-          loop.verify()
-          t0 = time.time()
-          eval_metrics = evaluate(step, full_params(state.params))
-          loop.write_eval(step, eval_metrics, time.time() - t0)
-        loop.checkpoint(step, state, force=eval_metrics is not None and bool(best_checkpoint_metric),
-                        metrics=eval_metrics)
-      if step < train_steps:
-        log.warning("SIGTERM: saving step %d and stopping", step)
-      loop.log()
-      loop.checkpoint(step, state, force=True)
+    batches = host_batches(s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
+                           data_shards=data_shards, start_batch=start_batch, layout=b.interface.features,
+                           stream=s.stream, decontaminate=index, stats=stream_stats)
+    loop = Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, s.train_steps, start),
+                stream_stats=stream_stats, start=start, start_batch=start_batch, seed=s.seed,
+                data_shards=data_shards, meta=b.trainable.checkpoint_meta(),
+                num_params=int(perf.count_params((state.params, frozen)) * b.interface.active_param_fraction),
+                peak_flops=s.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
+    step = _steps(s, b, state, frozen, batches, loop, ev, preempt, start)
     stream_stats.log()
     ckpt.wait()
-    if best_checkpoint_metric:
-      log.info("best checkpoint by %s: step %s", best_checkpoint_metric, ckpt.best_step())
+    if c.best_metric:
+      log.info("best checkpoint by %s: step %s", c.best_metric, ckpt.best_step())
   finally:
     if loop is not None:
       loop.writer.close()
     ckpt.close()
 
   write_operative_config(model_dir)
-  if evaluate_at_end and eval_mixtures and not preempt.requested and step >= train_steps:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      init = (init_params(model, jax.random.key(seed), example, shardings.params) if peft is None
-              else peft_state.initial_params(model_config, frozen[0], shardings, jax.random.key(seed)))
-    run_eval(model, {"init": init, f"step_{step}": full_params(state.params)}, eval_mixtures,
-             task_feature_lengths, os.path.join(model_dir, "eval", "heldout"), mesh=mesh, rules=rules,
-             title=f"{mixture_or_task_name}: zero-shot evaluation", train_mixture=mixture_or_task_name)
-  return {"step": step, **loop.metrics}
+  if ev is not None and evaluate_at_end and not preempt.requested and step.number >= s.train_steps:
+    with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
+      init = b.trainable.baseline_params(frozen.get("base"), shardings, b.mesh, b.rules, jax.random.key(s.seed))
+    ev.final({"init": init, f"step_{step.number}": b.trainable.full_params(step.state.params, frozen.get("base"))},
+             step.number)
+  return {"step": step.number, **loop.metrics}
 
 
-class _Loop:
-  """The loop's bookkeeping: metric windows, timing, the finiteness guard and checkpoint metadata."""
+class _Stepped:
+  """Where the loop stopped: the step number and the state there."""
 
-  def __init__(self, *, model_dir: str, ckpt: Checkpointer, writer: MetricsWriter, start: int, start_batch: int,
-               seed: int, data_shards: int, num_params: int, peak_flops: float | None, meta: dict | None = None,
-               stream_stats: StreamStats | None = None):
-    self.model_dir, self.ckpt, self.writer = model_dir, ckpt, writer
-    self.stream_stats = stream_stats
-    self.meta = meta or {}  # extra checkpoint metadata (PEFT: the base reference)
-    self.start, self.start_batch, self.seed, self.data_shards = start, start_batch, seed, data_shards
-    self.num_params, self.peak_flops = num_params, peak_flops
-    self.pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet logged
-    self.verified = start  # every step <= this one had finite loss and state
-    self.metrics: dict = {}
-    self.t_start = time.time()
-    self.window_t0, self.window_steps, self.window_tokens = self.t_start, 0, 0.0
-    self.first_step_s: float | None = None
+  def __init__(self, number: int, state: Any):
+    self.number, self.state = number, state
 
-  def stepped(self, step: int, m: dict, tokens: float) -> None:
-    self.pending.append((step, m))
-    if step == self.start + 1:  # time compilation apart from steady-state steps
-      jax.block_until_ready(m["loss"])
-      self.first_step_s = time.time() - self.t_start
-      self.window_t0 = time.time()
-    else:
-      self.window_steps += 1
-      self.window_tokens += tokens
 
-  def verify(self, fetched: list[tuple[int, dict]] | None = None) -> None:
-    """Raises NonFiniteError for the first unverified step whose loss or state is not finite."""
-    todo = [(s, m) for s, m in self.pending if s > self.verified]
-    if fetched is None:
-      fetched = jax.device_get([(s, {"finite": m["finite"], "loss": m["loss"]}) for s, m in todo])
-    for s, m in fetched:
-      if s <= self.verified:
-        continue
-      if not bool(m["finite"]):
-        self.ckpt.wait()
-        what = "loss" if not np.isfinite(m["loss"]) else "gradients or parameters"
-        raise NonFiniteError(f"non-finite {what} at step {s} (loss {float(m['loss'])}); stopped. Last good "
-                             f"checkpoint: step {self.ckpt.latest_step()} in {self.ckpt.directory}")
-      self.verified = s
-
-  def log(self) -> None:
-    """Fetches the pending steps' metrics, checks them, writes their mean (and timing) as one record."""
-    if not self.pending:
-      return
-    fetched = jax.device_get(self.pending)
-    step = fetched[-1][0]
-    keys = [k for k in fetched[-1][1] if k != "finite"]
-    metrics = {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
-    if self.window_steps:
-      elapsed = time.time() - self.window_t0
-      metrics.update(step_time_s=elapsed / self.window_steps, tokens_per_s=self.window_tokens / elapsed)
-      mfu = perf.mfu(self.num_params, metrics["tokens_per_s"], self.peak_flops, jax.device_count())
-      if mfu is not None:
-        metrics["mfu"] = mfu
-    if self.stream_stats is not None:
-      metrics.update(self.stream_stats.scalars())
-    if self.first_step_s is not None:
-      metrics["first_step_s"] = self.first_step_s  # compilation included
-      self.first_step_s = None
-    self.pending = []
-    self.window_t0, self.window_steps, self.window_tokens = time.time(), 0, 0.0
-    self.writer.write(step, metrics)
-    self.writer.advance(len(fetched))
-    self.metrics = metrics
-    self.verify(fetched)
-
-  def write_eval(self, step: int, metrics: dict[str, float], seconds: float) -> None:
-    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()} | {"eval/seconds": seconds})
-    self.window_t0 += seconds  # eval time is not step time
-
-  def checkpoint(self, step: int, state: TrainState, force: bool = False,
-                 metrics: dict[str, float] | None = None) -> None:
-    if not force and step % self.ckpt.period:
-      return
-    self.verify()
-    self.ckpt.save(step, state, {"data": {"batches": self.start_batch + step - self.start,
-                                          "shards": self.data_shards}, "seed": self.seed, **self.meta},
-                   force=force, metrics=metrics)
+def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterator, loop: Loop,
+           ev: Evaluator | None, preempt: Preemption, start: int) -> _Stepped:
+  """Steps from `start` to train_steps (or a preemption), logging, evaluating and checkpointing on the way."""
+  step = start
+  best = bool(s.checkpoints.best_metric)
+  with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
+    while step < s.train_steps and not preempt.should_stop(step):
+      local = next(batches)
+      tokens = float(sum(np.sum(local[k] > 0) for k in ("encoder_input_tokens", "decoder_target_tokens")
+                         if k in local)) * jax.process_count()
+      state, m = b.step_fn(state, _global_batch(local, b.batch_sharding), frozen)
+      step += 1
+      loop.stepped(step, m, tokens)
+      if step == start + 1:
+        write_operative_config(loop.model_dir)
+      if step % s.log_every == 0 or step == s.train_steps:
+        loop.log()
+      eval_metrics = None
+      if ev is not None and s.eval_period and (step % s.eval_period == 0 or step == s.train_steps):
+        loop.verify()
+        t0 = time.time()
+        eval_metrics = ev.evaluate(step, b.trainable.full_params(state.params, frozen.get("base")))
+        loop.write_eval(step, eval_metrics, time.time() - t0)
+      loop.checkpoint(step, state, force=eval_metrics is not None and best, metrics=eval_metrics)
+    if step < s.train_steps:
+      log.warning("SIGTERM: saving step %d and stopping", step)
+    loop.log()
+    loop.checkpoint(step, state, force=True)
+  return _Stepped(step, state)

@@ -5,7 +5,8 @@ fields, "answer" and optionally "options") and an optional `keep` predicate on
 the raw example (drops unlabeled rows, e.g. label -1 on GLUE test sets). Every
 converted string (options included) is stripped, the "split" feature is carried
 over, and rows whose answer is empty are dropped. Both drops are counted per
-dataset (`itjax.data.skips`): training logs them, `itjax tasks quality` reports them.
+dataset (`itjax.data.skips`: one `SkipCounts` per dataset, created here and kept
+on its tasks): training logs them, `itjax tasks quality` reports them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from itjax.data.skips import counted_filter
+from itjax.data.skips import SkipCounts, counted_filter
 from itjax.data.sources import TfdsSource
 from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template
@@ -40,13 +41,13 @@ SKIP_FILTERED = "rejected by the dataset's filter (unlabeled, out-of-range label
 SKIP_EMPTY = "empty answer"
 
 
-def preprocessor(convert: Convert, keep: Keep | None = None, dataset: str = "") -> Preprocessor:
+def preprocessor(convert: Convert, keep: Keep | None, counts: SkipCounts) -> Preprocessor:
   """ds -> ds: filters raw rows with `keep`, maps them with `convert`, keeps "split", drops empty answers
-  (both drops counted under `dataset`)."""
+  (both drops counted in `counts`, the dataset's counters)."""
 
   def apply(ds: tf.data.Dataset) -> tf.data.Dataset:
     if keep is not None:
-      ds = counted_filter(ds, keep, dataset=dataset, reason=SKIP_FILTERED)
+      ds = counted_filter(ds, keep, counts=counts, reason=SKIP_FILTERED)
 
     def to_fields(ex: Features) -> Features:
       out = {k: tf.convert_to_tensor(v) for k, v in convert(ex).items()}
@@ -57,7 +58,7 @@ def preprocessor(convert: Convert, keep: Keep | None = None, dataset: str = "") 
       return out
 
     ds = ds.map(to_fields, num_parallel_calls=tf.data.AUTOTUNE)
-    return counted_filter(ds, lambda ex: tf.strings.length(ex["answer"]) > 0, dataset=dataset, reason=SKIP_EMPTY)
+    return counted_filter(ds, lambda ex: tf.strings.length(ex["answer"]) > 0, counts=counts, reason=SKIP_EMPTY)
 
   return apply
 
@@ -109,11 +110,12 @@ def register(dataset: str, cluster: str | Sequence[str], tfds_name: str, splits:
              templates: Sequence[Template], fields: Sequence[str], convert: Convert, *, keep: Keep | None = None,
              has_options: bool = False) -> list[str]:
   """Registers `flan_<dataset>_<variant>` over a lazy TFDS source; returns the task names."""
+  counts = SkipCounts(PREFIX + dataset)
   return register_instruction_task(
       PREFIX + dataset, cluster,
       TfdsSource(tfds_name=tfds_name, splits=dict(splits), max_examples={"train": MAX_TRAIN_EXAMPLES}),
       templates, fields=fields,
-      has_options=has_options, preprocessors=(preprocessor(convert, keep, PREFIX + dataset),))
+      has_options=has_options, preprocessors=(preprocessor(convert, keep, counts),), skips=counts)
 
 
 def register_labeled(dataset: str, cluster: str | Sequence[str], tfds_name: str, splits: Mapping[str, str],

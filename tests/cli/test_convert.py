@@ -67,7 +67,8 @@ def _t5_logits(model, enc, dec):
 
 
 def test_t5_import_export_round_trip(hf_t5, tmp_path, capsys):
-  from itjax.models.config_io import build_model, load_model_config
+  from itjax.core.model_dir import load_model_config
+  from itjax.models.families import build_model
   from itjax.models.t5 import T5, T5Config
 
   src, ref = hf_t5

@@ -9,8 +9,10 @@ import seqio
 from itjax.data import chat, jsonl
 from itjax.data.pipeline import train_dataset
 from itjax.data.stream_stats import StreamStats
-from itjax.data.tasks import TASK_INFO
 from itjax.errors import UserError
+from itjax.models.features import ENC_DEC, FeatureLayout
+
+T5_LAYOUT = FeatureLayout(ENC_DEC, inputs_eos_id=1)  # a T5's features (EOS 1 ends the encoder inputs)
 
 VOCAB = seqio.ByteVocabulary()
 EOS = 1
@@ -57,8 +59,6 @@ def chat_task(tmp_path):
   yield register
   for n in names:
     seqio.TaskRegistry.remove(n)
-    TASK_INFO.pop(n, None)
-    chat.CHAT_TASKS.discard(n)
 
 
 def _segments(batch):
@@ -167,7 +167,7 @@ def test_enc_dec_chat_is_one_example_per_assistant_turn(chat_task):
   name = chat_task([CONV])
   stats = StreamStats()
   lengths = {"inputs": 96, "targets": 3}  # "six" + EOS is trimmed to "si" + EOS
-  batch = next(train_dataset(name, lengths, 3, seed=0, pack=False, encoder_decoder=True, stats=stats)
+  batch = next(train_dataset(name, lengths, 3, seed=0, pack=False, layout=T5_LAYOUT, stats=stats)
                .as_numpy_iterator())
   u1, a1, u2, a2, u3 = (expected_row([t])[0] for t in CONV[:5])
   want = [(u1, a1), (u1 + a1 + u2, _enc("si") + [EOS]), (u1 + a1 + u2 + a2 + u3, _enc("Yo") + [EOS])]
@@ -187,7 +187,7 @@ def test_enc_dec_packed_chat_turns(chat_task):
   want = {(tuple(u1 + [EOS]), tuple(a1)), (tuple(u1 + a1 + u2 + [EOS]), tuple(a2)),
           (tuple(u1 + a1 + u2 + a2 + u3 + [EOS]), tuple(_enc("You're welcome.") + [EOS]))}
   pairs, multi = set(), False
-  for batch in train_dataset(name, LENGTHS, 16, seed=0, encoder_decoder=True).take(40).as_numpy_iterator():
+  for batch in train_dataset(name, LENGTHS, 16, seed=0, layout=T5_LAYOUT).take(40).as_numpy_iterator():
     for row in range(16):
       es, ds_ = batch["encoder_segment_ids"][row], batch["decoder_segment_ids"][row]
       ids = set(ds_[ds_ > 0].tolist())

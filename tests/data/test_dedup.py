@@ -11,7 +11,7 @@ from itjax.data.pipeline import train_dataset, train_examples
 from itjax.data.quality import normalize
 from itjax.data.sources import procedural_source
 from itjax.data.stream_stats import StreamStats
-from itjax.data.tasks import TASK_INFO, register_instruction_task
+from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template as T
 from itjax.data.vocab import default_vocabulary
 
@@ -30,7 +30,6 @@ def dup_task():
                                       [T("Echo {x}")], fields=("x",), has_options=False)[:1]
   yield name
   seqio.TaskRegistry.remove(name)
-  TASK_INFO.pop(name, None)
 
 
 def _texts(name):

@@ -8,7 +8,6 @@ import pytest
 import seqio
 
 from itjax.data import jsonl
-from itjax.data.tasks import TASK_INFO
 from itjax.errors import UserError
 
 LENGTHS = {"inputs": 512, "targets": 128}
@@ -42,7 +41,6 @@ def register():
   yield reg
   for n in names:
     seqio.TaskRegistry.remove(n)
-    TASK_INFO.pop(n, None)
 
 
 def _rows(name, split="train"):

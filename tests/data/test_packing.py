@@ -15,10 +15,10 @@ from itjax.data.feature_converters import EncDecConverter, PrefixLMConverter
 from itjax.data.pipeline import train_dataset, train_examples
 from itjax.data.sources import procedural_source
 from itjax.data.stream_stats import StreamStats
-from itjax.data.tasks import TASK_INFO, register_instruction_task
+from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template as T
 from itjax.models.decoder import Decoder, DecoderConfig
-from itjax.models.interface import interface_for
+from itjax.models.families import interface_for
 
 LENGTHS = {"inputs": 48, "targets": 16}
 
@@ -42,7 +42,6 @@ def tasks():
   seqio.MixtureRegistry.remove("packing_mix")
   for n in names:
     seqio.TaskRegistry.remove(n)
-    TASK_INFO.pop(n, None)
 
 
 def _finite(name, lengths=LENGTHS):

@@ -130,29 +130,74 @@ def test_stream_counts_exactly_the_examples_it_truncates(task, lengths):
 
 def test_source_skips_reach_the_stream_summary_and_the_quality_scan():
   """A task whose source filter drops rows: the scan counts them per task, the stream summary names them."""
-  from itjax.data.skips import counted_filter
+  from itjax.data.skips import SkipCounts, counted_filter
   from itjax.data.stream_stats import StreamStats
-  from itjax.data.tasks import TASK_INFO
 
   def gen(r: random.Random):
     return {"x": str(r.randrange(10)), "answer": "a"}
 
+  counts = SkipCounts("skipper")
+
   def drop_odd(ds):
-    return counted_filter(ds, lambda ex: tf.strings.to_number(ex["x"], tf.int32) % 2 == 0, dataset="skipper",
+    return counted_filter(ds, lambda ex: tf.strings.to_number(ex["x"], tf.int32) % 2 == 0, counts=counts,
                           reason="odd x")
 
   name = register_instruction_task("skipper", "q", procedural_source(gen, ("x",), {"train": 40, "validation": 4},
                                                                      seed=3),
-                                   [T("Echo {x}")], fields=("x",), has_options=False, preprocessors=(drop_odd,))[0]
+                                   [T("Echo {x}")], fields=("x",), has_options=False, preprocessors=(drop_odd,),
+                                   skips=counts)[0]
+  task = seqio.get_mixture_or_task(name)
   try:
     raw = list(procedural_source(gen, ("x",), {"train": 40}, seed=3).get_dataset("train").as_numpy_iterator())
     odd = sum(int(ex["x"]) % 2 for ex in raw)
     report = q.scan(name, [name])
     assert report["tasks"][name]["skipped"] == odd > 0 and report["tasks"][name]["examples"] == 40 - odd
-    assert "skipper" in StreamStats().as_dict()["source_skipped"]
-    summary = StreamStats().summary()  # cumulative over this process's reads (the scan's eval split too)
-    n = StreamStats().as_dict()["source_skipped"]["skipper"]["odd x"]
+    assert "skipper" in StreamStats([task]).as_dict()["source_skipped"]
+    summary = StreamStats([task]).summary()  # cumulative over this process's reads (the scan's eval split too)
+    n = StreamStats([task]).as_dict()["source_skipped"]["skipper"]["odd x"]
     assert "skipped at the source: " in summary and f"skipper {n:,} odd x" in summary and n >= odd
   finally:
     seqio.TaskRegistry.remove(name)
-    TASK_INFO.pop(name, None)
+
+
+def test_skip_counters_belong_to_their_datasets_not_the_module():
+  """Two datasets' counters are independent objects, aggregated only over the tasks asked about."""
+  from itjax.data import skips
+  from itjax.data.pipeline import train_examples
+  from itjax.data.stream_stats import StreamStats
+
+  def gen(r: random.Random):
+    return {"x": str(r.randrange(10)), "answer": "a"}
+
+  names, counters = [], {}
+  for dataset, reason in (("skip_a", "odd"), ("skip_b", "even")):
+    counts = counters[dataset] = skips.SkipCounts(dataset)
+    parity = 1 if reason == "odd" else 0
+
+    def drop(ds, counts=counts, reason=reason, parity=parity):
+      return skips.counted_filter(ds, lambda ex: tf.strings.to_number(ex["x"], tf.int32) % 2 != parity,
+                                  counts=counts, reason=reason)
+
+    names += register_instruction_task(dataset, "q", procedural_source(gen, ("x",), {"train": 30}, seed=5),
+                                       [T("Echo {x}")], fields=("x",), has_options=False, preprocessors=(drop,),
+                                       skips=counts)
+  try:
+    a, b = (seqio.get_mixture_or_task(n) for n in names)
+    assert a.skips is counters["skip_a"] and b.skips is counters["skip_b"] and a.skips is not b.skips
+    raw = [int(ex["x"]) for ex in procedural_source(gen, ("x",), {"train": 30}, seed=5).get_dataset("train")
+           .as_numpy_iterator()]
+    odd = sum(x % 2 for x in raw)
+    assert len(list(a.get_dataset(None, split="train", shuffle=False).as_numpy_iterator())) == 30 - odd
+    assert skips.skip_counts([a]) == {"skip_a": {"odd": odd}} and skips.skip_counts([b]) == {}
+    assert len(list(b.get_dataset(None, split="train", shuffle=False).as_numpy_iterator())) == odd
+    assert skips.skip_counts([a, b, a]) == {"skip_a": {"odd": odd}, "skip_b": {"even": 30 - odd}}
+    # The stream reports the skips of the tasks it streams.
+    stats = StreamStats()
+    train_examples(names[1], {"inputs": 16, "targets": 4}, seed=0, stats=stats)
+    assert stats.tasks == [b] and stats.as_dict()["source_skipped"] == {"skip_b": {"even": 30 - odd}}
+    # No counters at module level: nothing in the module is a container of state.
+    state = {k: v for k, v in vars(skips).items() if not k.startswith("__") and isinstance(v, dict | set | list)}
+    assert not state, state
+  finally:
+    for n in names:
+      seqio.TaskRegistry.remove(n)

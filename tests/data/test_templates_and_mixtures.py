@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from itjax.data import templates as tmpl
 from itjax.data.mixtures import heldout_split
-from itjax.data.tasks import TASK_INFO, TaskInfo
+from itjax.data.tasks import TaskInfo, task_info
 
 LENGTHS = {"inputs": 128, "targets": 32}
 
@@ -27,7 +27,7 @@ def test_options_variant_lists_options_and_noopt_does_not():
 
 
 def test_eval_split_renders_every_forward_template_train_split_one():
-  info = TASK_INFO["proc_movie_review_zs_opt"]
+  info = task_info("proc_movie_review_zs_opt")
   assert info.num_templates == 4 and info.eval_templates == 3  # one template turns the task around
   rows = _examples("proc_movie_review_zs_opt", "validation")
   assert len(rows) == 64 * 3
@@ -72,9 +72,9 @@ def test_procedural_data_is_deterministic():
 def test_heldout_mixture_excludes_cluster_and_eval_side_holds_it():
   train = seqio.get_mixture_or_task("proc_heldout_nli")
   evals = seqio.get_mixture_or_task("proc_heldout_nli_eval")
-  assert {TASK_INFO[t.name].cluster for t in train.tasks} == {"arithmetic", "string", "sentiment", "reading_comp",
+  assert {t.info.cluster for t in train.tasks} == {"arithmetic", "string", "sentiment", "reading_comp",
                                                               "list_ops"}
-  assert {TASK_INFO[t.name].cluster for t in evals.tasks} == {"nli"}
+  assert {t.info.cluster for t in evals.tasks} == {"nli"}
   # Evaluation uses the with-options variant for datasets that have options.
   assert all(t.name.endswith("_zs_opt") for t in evals.tasks)
 
@@ -196,4 +196,39 @@ def test_heldout_mixture_rates_are_examples_proportional_capped_and_tempered(cap
       seqio.MixtureRegistry.remove(n)
     for n in names:
       seqio.TaskRegistry.remove(n)
-      TASK_INFO.pop(n, None)
+
+
+def test_task_metadata_travels_with_the_task():
+  """The info is the registered task's own: re-registering a name brings its new clusters; plain tasks have none."""
+  import random
+
+  from itjax.data import chat
+  from itjax.data import tasks as tasks_lib
+  from itjax.data.sources import procedural_source
+  from itjax.data.tasks import InstructionTask, register_instruction_task
+
+  def gen(r: random.Random):
+    return {"x": str(r.randrange(10)), "answer": "y"}
+
+  def register(cluster):
+    return register_instruction_task("meta_travel", cluster, procedural_source(gen, ("x",), {"train": 4}, seed=0),
+                                     [tmpl.Template("Echo {x}")], fields=("x",), has_options=False)
+
+  (name,) = register(("first", "other"))
+  old = seqio.get_mixture_or_task(name)
+  try:
+    assert isinstance(old, InstructionTask) and old.info is task_info(name) is task_info(old)
+    assert task_info(name).clusters == ("first", "other") and not old.info.chat
+    seqio.TaskRegistry.remove(name)
+    assert register("second") == [name]
+    new = seqio.get_mixture_or_task(name)
+    assert task_info(name).clusters == ("second",) and new.info.cluster == "second"
+    assert old.info.clusters == ("first", "other")  # a mixture built on the old task keeps its metadata
+    assert new.skips is not old.skips and new.skips.dataset == "meta_travel"
+    plain = seqio.Task("meta_plain", source=procedural_source(gen, ("x",), {"train": 4}, seed=0),
+                       output_features=tasks_lib.output_features(), preprocessors=[])
+    assert task_info(plain) is None
+    # Neither registry of old survives beside seqio's.
+    assert not hasattr(tasks_lib, "TASK_INFO") and not hasattr(chat, "CHAT_TASKS")
+  finally:
+    seqio.TaskRegistry.remove(name)

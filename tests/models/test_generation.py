@@ -20,7 +20,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from itjax.models import enc_dec_decoding as t5_decoding  # noqa: E402
-from itjax.models import hf_llama, hf_t5  # noqa: E402
+from itjax.models import hf_decoder as hf_llama  # noqa: E402
+from itjax.models import hf_t5  # noqa: E402
 from itjax.models.decoder import Decoder, DecoderConfig  # noqa: E402
 from itjax.models.decoding import beam_search, filter_logits, greedy_decode, left_pad, sample_decode  # noqa: E402
 from itjax.models.t5 import T5  # noqa: E402

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from itjax.errors import UserError  # noqa: E402
-from itjax.models import hf_llama  # noqa: E402
+from itjax.models import hf_decoder as hf_llama  # noqa: E402
 from itjax.models.decoder import Decoder, DecoderConfig  # noqa: E402
 
 torch.set_num_threads(1)

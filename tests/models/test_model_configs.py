@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from itjax import config
-from itjax.models.config_io import build_model, example_inputs
+from itjax.models.families import build_model, example_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Parameter counts of the HF checkpoints with these shapes (`sum(p.numel() for p in model.parameters())`).

@@ -351,7 +351,7 @@ def test_export_rejects_unsupported_mlp():
 
 def test_interface_gives_the_encoder_prompts_as_t5_tokenizers_do(hf_dirs):
   """Task inputs carry no EOS; the interface appends it, as HF's T5 tokenizer does: generate then agrees with HF's."""
-  from itjax.models.interface import interface_for
+  from itjax.models.families import interface_for
 
   path, model = hf_dirs["v1_1_untied"]
   cfg, params = hf_t5.load_hf_dir(path)

@@ -16,15 +16,17 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft_lib = pytest.importorskip("peft")
 
+from itjax.convert.peft_adapter import save_merged_hf, save_peft_adapter  # noqa: E402
 from itjax.errors import UserError  # noqa: E402
-from itjax.models import hf_llama, hf_t5  # noqa: E402
-from itjax.models.config_io import build_model  # noqa: E402
+from itjax.models import hf_decoder as hf_llama  # noqa: E402
+from itjax.models import hf_t5  # noqa: E402
 from itjax.models.decoder import DecoderConfig  # noqa: E402
+from itjax.models.families import build_model  # noqa: E402
+from itjax.models.peft_hooks import combine, split, with_peft  # noqa: E402
 from itjax.models.t5 import T5Config  # noqa: E402
 from itjax.peft import adapters, lora, prefix_tuning  # noqa: E402
-from itjax.peft.export import save_merged_hf, save_peft_adapter  # noqa: E402
 from itjax.peft.lora import merge_lora  # noqa: E402
-from itjax.peft.method import combine, init_trainable, split, with_peft  # noqa: E402
+from itjax.peft.method import init_trainable  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = 1e-4

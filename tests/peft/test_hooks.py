@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from itjax.errors import UserError
-from itjax.models.config_io import build_model
 from itjax.models.decoder import DecoderConfig
+from itjax.models.families import build_model
+from itjax.models.peft_hooks import combine, flatten, split, with_peft
 from itjax.models.t5 import T5Config
 from itjax.peft import adapters, lora, merge_lora, prefix_tuning
-from itjax.peft.method import check_peft, check_targets, combine, flatten, lora_kernels, split, with_peft
+from itjax.peft.method import check_peft, check_targets, lora_kernels
 
 DEC = DecoderConfig(vocab_size=64, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48)
 T5C = T5Config(vocab_size=64, emb_dim=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=4, head_dim=8,
@@ -188,7 +189,7 @@ def test_adapter_sites_in_both_families():
 
 
 def test_peft_config_round_trips_through_model_config_json(tmp_path):
-  from itjax.models.config_io import load_model_config, save_model_config
+  from itjax.core.model_dir import load_model_config, save_model_config
 
   for cfg in (with_peft(DEC, ALL_LORA), with_peft(T5C, prefix_tuning()), DEC):
     save_model_config(str(tmp_path), cfg)

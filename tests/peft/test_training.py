@@ -17,15 +17,15 @@ import pytest
 
 from itjax import config
 from itjax.cli import main
-from itjax.models.config_io import build_model, example_inputs, load_model_config
+from itjax.core import mesh as partitioning
+from itjax.core.model_dir import ModelDir, load_model_config
+from itjax.core.trainable import TrainState, trainable_for
 from itjax.models.decoder import DecoderConfig
-from itjax.models.peft_hooks import is_peft_leaf
+from itjax.models.families import build_model, example_inputs
+from itjax.models.peft_hooks import flatten, is_peft_leaf, split, with_peft
 from itjax.models.t5 import T5Config
 from itjax.peft import adapters, lora, prefix_tuning
-from itjax.peft.method import flatten, init_trainable, split, with_peft
-from itjax.train import partitioning
-from itjax.train.checkpoints import load_model
-from itjax.train.state import TrainState
+from itjax.peft.method import init_trainable
 from itjax.train.step import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,8 +61,10 @@ def test_a_step_updates_only_the_trainable_variables(base_cfg, peft):
   assert sum(x.size for x in jax.tree_util.tree_leaves(opt_state)) == 2 * n_trainable + 1
   state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=opt_state)
   base_before = jax.tree_util.tree_map(np.array, base)
-  new, metrics = jax.jit(lambda s, b, f: train_step(s, b, f, model=model, optimizer=optimizer,
-                                                     schedule=lambda _: 1e-2, dropout_seed=0))(state, _batch(cfg), base)
+  strategy = trainable_for(cfg)
+  new, metrics = jax.jit(lambda s, b, f: train_step(s, b, f, model=model, optimizer=optimizer, trainable=strategy,
+                                                     schedule=lambda _: 1e-2, dropout_seed=0))(
+      state, _batch(cfg), {"base": base})
   assert bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0
   assert jax.tree_util.tree_structure(new.params) == jax.tree_util.tree_structure(trainable)
   jax.tree_util.tree_map(np.testing.assert_array_equal, base, base_before)  # not donated, not updated
@@ -88,7 +90,7 @@ def test_example_gins_select_each_method(name, configurable):
 
 
 def _train(model_dir, *extra: str) -> int:
-  return main(["train", f"--gin_file={TINY}", f"--model_dir={model_dir}", "--gin.train.keep_checkpoints=None",
+  return main(["train", f"--gin_file={TINY}", f"--model_dir={model_dir}", "--gin.checkpoint_settings.keep=None",
                *extra])
 
 
@@ -151,8 +153,8 @@ def test_each_method_trains_resumes_and_evaluates_through_gin(base_dir, runs, me
   assert (run / "eval" / "heldout" / "report.json").exists()
 
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
-  _, params = load_model(str(run), mesh, rules)
-  _, base = load_model(str(base_dir), mesh, rules)
+  params = ModelDir.open(str(run)).load(mesh, rules).params
+  base = ModelDir.open(str(base_dir)).load(mesh, rules).params
   frozen, trainable = split(params)
   dtype = jnp.bfloat16 if method == "adapters" else jnp.float32
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(dtype))),
@@ -174,7 +176,8 @@ def test_lora_run_exports_merged_and_as_a_peft_adapter(base_dir, runs, tmp_path)
   assert sorted(os.listdir(tmp_path / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
 
   tokens = np.random.default_rng(0).integers(1, 259, size=(2, 12))
-  model, params = load_model(str(run), partitioning.create_mesh(), partitioning.logical_axis_rules())
+  loaded = ModelDir.open(str(run)).load(partitioning.create_mesh(), partitioning.logical_axis_rules())
+  model, params = loaded.interface.model, loaded.params
   ours = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32)))
 
   def torch_logits(m):

@@ -5,11 +5,12 @@ import os
 import flax.linen as nn
 import jax
 
-from itjax.models.config_io import build_model, example_inputs, save_model_config
+from itjax.core.checkpoints import Checkpointer
+from itjax.core.model_dir import save_model_config
 from itjax.models.decoder import DecoderConfig
+from itjax.models.families import build_model, example_inputs
 from itjax.serve.engine import Engine
 from itjax.serve.server import Server
-from itjax.train.checkpoints import Checkpointer
 
 TINY = DecoderConfig(emb_dim=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
                      max_decode_length=4096)

@@ -17,7 +17,7 @@ from serve_helpers import start_server
 
 from itjax.cli import main
 from itjax.models.decoding import strip_eos
-from itjax.models.interface import interface_for
+from itjax.models.families import interface_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

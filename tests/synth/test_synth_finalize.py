@@ -9,7 +9,6 @@ import seqio
 from fake_teacher import FakeTeacher
 
 from itjax.cli import main
-from itjax.data.tasks import TASK_INFO
 from itjax.errors import UserError
 from itjax.synth import finalize, mixins
 
@@ -110,7 +109,6 @@ def test_distill_output_is_cleaned_registered_and_trains(tmp_path, eval_prompt, 
   finally:
     for n in names:
       seqio.TaskRegistry.remove(n)
-      TASK_INFO.pop(n, None)
 
 
 def test_register_output_needs_a_finished_run(tmp_path):

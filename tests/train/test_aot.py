@@ -32,19 +32,15 @@ def _sharded_bytes(tree) -> int:
 
 
 def _abstract_state():
-  from itjax.models.config_io import build_model
-  from itjax.models.interface import interface_for
-  from itjax.train import partitioning
+  from itjax.core import mesh as partitioning
+  from itjax.core.trainable import trainable_for
   from itjax.train.optim import make_optimizer
-  from itjax.train.state import abstract_state, state_specs
+  from itjax.train.settings import train_settings
 
-  s = aot.train_settings()
-  model = build_model(s["model_config"])
+  s = train_settings()
   optimizer, _ = make_optimizer()
-  example = interface_for(model).example_inputs(s["task_feature_lengths"])
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
-  return abstract_state(model, optimizer, example,
-                        partitioning.tree_shardings(state_specs(model, optimizer, example), mesh, rules))
+  return trainable_for(s.model_config).abstract_state(optimizer, mesh, rules)[0]
 
 
 @pytest.mark.parametrize("mesh_shape", ["(8, 1, 1)", "(2, 4, 1)", "(1, 4, 2)"])

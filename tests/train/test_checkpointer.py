@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from itjax.core import distributed
+from itjax.core.checkpoints import Checkpointer, complete_steps, restore_params
 from itjax.errors import UserError
-from itjax.train import distributed, perf
-from itjax.train.checkpoints import Checkpointer, complete_steps, restore_params
+from itjax.train import perf
 from itjax.train.summaries import MetricsWriter, read_metrics
 
 

@@ -8,11 +8,18 @@ import numpy as np
 import optax
 import pytest
 
+from itjax.core import mesh as partitioning
+from itjax.core.trainable import FullParams
 from itjax.errors import UserError
 from itjax.models.decoder import Decoder, DecoderConfig
-from itjax.train import partitioning
-from itjax.train.state import create_train_state
-from itjax.train.step import check_loss_normalizing_factor, loss_sums, normalizer, per_sequence_weights, train_step
+from itjax.train.objectives.cross_entropy import (
+  CrossEntropy,
+  check_loss_normalizing_factor,
+  loss_sums,
+  normalizer,
+  per_sequence_weights,
+)
+from itjax.train.step import train_step
 
 CFG = DecoderConfig(vocab_size=40, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
 ROWS, LENGTH = 4, 12
@@ -40,7 +47,7 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
 def setup():
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   model, opt = Decoder(CFG), optax.sgd(0.1)
-  state, _ = create_train_state(model, opt, mesh, (), jax.random.key(0), np.zeros((1, LENGTH), np.int32))
+  state, _ = FullParams(CFG).create_state(opt, mesh, (), jax.random.key(0))
   batch = _batch()
   logits = jax.jit(model.apply)({"params": state.params}, batch["decoder_input_tokens"],
                                 batch["decoder_segment_ids"], batch["decoder_positions"])
@@ -55,7 +62,9 @@ def _step(setup, **kw):
   key = tuple(sorted(kw.items()))
   if key not in _RESULTS:
     model, opt, state, batch, _ = setup
-    fn = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 0.1, **kw))
+    loss_kw = {k: kw.pop(k) for k in list(kw) if k in ("z_loss", "label_smoothing", "loss_normalizing_factor")}
+    fn = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 0.1,
+                                   objective=CrossEntropy(**loss_kw), **kw))
     new, m = fn(state, batch)
     _RESULTS[key] = jax.device_get(m), jax.device_get(new.params)
   return _RESULTS[key]

@@ -24,7 +24,7 @@ from train_runs import (
 )
 
 from itjax.cli import main
-from itjax.train.checkpoints import complete_steps
+from itjax.core.checkpoints import complete_steps
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
   """Same losses as one 8-device process reading the same 2 data shards; the 2-host checkpoint then
   resumes on 1 host (still reading 2 shards, from the checkpoint) and continues the same run."""
   ref = tmp_path / "one"
-  assert train(ref, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_PERIOD=2", "--gin.train.data_shards=2") == 0
+  assert train(ref, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_PERIOD=2", "--gin.stream_settings.data_shards=2") == 0
   d = tmp_path / "two"
   codes = _wait_all(_spawn_hosts(d, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2"))
   assert codes == [0, 0], (tmp_path / "log1.txt").read_text()[-3000:]
@@ -97,7 +97,7 @@ def eval_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost_eval")
   args = (f"--gin.TRAIN_STEPS={STEPS}", f"--gin.CHECKPOINT_PERIOD={STEPS}", EVAL, FSDP)
   with record_reads(root / "read_one.jsonl"):
-    assert train(root / "one", *args, "--gin.train.data_shards=2") == 0
+    assert train(root / "one", *args, "--gin.stream_settings.data_shards=2") == 0
   codes = _wait_all(_spawn_hosts(root / "two", *args, record_dir=root))
   assert codes == [0, 0], (root / "log1.txt").read_text()[-3000:] + (root / "log0.txt").read_text()[-3000:]
   return root

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from train_runs import REF_STEPS, assert_trees_equal, checkpoint_state, losses, spawn, train, wait_for_step
 
-from itjax.train.checkpoints import complete_steps
+from itjax.core.checkpoints import complete_steps
 
 
 def test_sigkill_and_restart_match_uninterrupted_run(reference, tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
+from itjax.core import mesh as partitioning
+from itjax.core.trainable import FullParams
 from itjax.models.decoder import Decoder, DecoderConfig
-from itjax.train import partitioning
-from itjax.train.state import create_train_state
 from itjax.train.step import train_step
 
 CFG = DecoderConfig(vocab_size=40, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
@@ -42,16 +42,15 @@ def _run(mesh_shape, devices, steps=3, microbatches=1):
   rules = partitioning.DEFAULT_RULES
   model = Decoder(CFG)
   opt = optax.adamw(1e-2)
-  example = np.zeros((1, LENGTH), np.int32)
-  state, shardings = create_train_state(model, opt, mesh, rules, jax.random.key(0), example)
+  state, shardings = FullParams(CFG).create_state(opt, mesh, rules, jax.random.key(0))
   bs = partitioning.batch_sharding(mesh, rules)
   step = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 1e-2,
                                    num_microbatches=microbatches),
-                 in_shardings=(shardings, bs), out_shardings=(shardings, None), donate_argnums=(0,))
+                 in_shardings=(shardings, bs, {}), out_shardings=(shardings, None), donate_argnums=(0,))
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for b in _batches(steps):
-      state, m = step(state, {k: jax.device_put(v, bs) for k, v in b.items()})
+      state, m = step(state, {k: jax.device_put(v, bs) for k, v in b.items()}, {})
       losses.append(float(m["loss"]))
   return losses, jax.device_get(state.params), state
 
@@ -81,7 +80,7 @@ def test_gradient_accumulation_equals_big_batch(single):
 def test_loss_decreases_when_overfitting_one_batch():
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   model, opt = Decoder(CFG), optax.adam(3e-3)
-  state, sh = create_train_state(model, opt, mesh, (), jax.random.key(0), np.zeros((1, LENGTH), np.int32))
+  state, sh = FullParams(CFG).create_state(opt, mesh, (), jax.random.key(0))
   step = jax.jit(functools.partial(train_step, model=model, optimizer=opt, schedule=lambda s: 3e-3))
   b = _batches(1)[0]
   first = None

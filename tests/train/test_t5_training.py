@@ -12,16 +12,19 @@ import seqio
 from itjax.cli import main
 from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.stream_stats import StreamStats
-from itjax.models.interface import interface_for
+from itjax.models.families import interface_for
+from itjax.models.features import ENC_DEC, PREFIX_LM_LAYOUT, FeatureLayout
 from itjax.models.t5 import T5, T5Config
 from itjax.train.summaries import read_metrics
+
+T5_LAYOUT = FeatureLayout(ENC_DEC, inputs_eos_id=1)  # a T5's features (EOS 1 ends the encoder inputs)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_T5 = os.path.join(REPO, "tests", "tiny_t5.gin")
 
 
 def _train(model_dir, *extra):
-  return main(["train", f"--gin_file={TINY_T5}", f"--model_dir={model_dir}", "--gin.train.keep_checkpoints=None",
+  return main(["train", f"--gin_file={TINY_T5}", f"--model_dir={model_dir}", "--gin.checkpoint_settings.keep=None",
                *extra])
 
 
@@ -62,7 +65,7 @@ def test_t5_dropout_changes_the_loss(t5_run, tmp_path):
 
 
 def test_enc_dec_features_pack_inputs_and_targets_with_target_only_loss():
-  ds = train_dataset("proc_add_zs_noopt", {"inputs": 48, "targets": 16}, 4, seed=0, encoder_decoder=True)
+  ds = train_dataset("proc_add_zs_noopt", {"inputs": 48, "targets": 16}, 4, seed=0, layout=T5_LAYOUT)
   batch = next(numpy_batches(ds))
   assert set(batch) == {"encoder_input_tokens", "encoder_segment_ids", "encoder_positions", "decoder_input_tokens",
                         "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids", "decoder_positions"}
@@ -86,10 +89,11 @@ def test_enc_dec_inputs_keep_room_for_eos_and_count_that_truncation():
   """Tasks are read with inputs of length - 1, then EOS ends each: nothing but the EOS is added or lost."""
   import tensorflow as tf
 
-  from itjax.data.feature_converters import EncDecConverter, task_lengths
+  from itjax.data.feature_converters import EncDecConverter
 
   lengths = {"inputs": 12, "targets": 16}
-  assert task_lengths(lengths, True) == {"inputs": 11, "targets": 16} and task_lengths(lengths, False) == lengths
+  assert T5_LAYOUT.task_lengths(lengths) == {"inputs": 11, "targets": 16}
+  assert PREFIX_LM_LAYOUT.task_lengths(lengths) == lengths
   examples = [list(range(3, 8)), list(range(3, 14))]  # 5 and 11 (= 12 - 1) tokens
   ds = tf.data.Dataset.from_generator(lambda: ({"inputs": x, "targets": [7, 1]} for x in examples),
                                       output_signature={"inputs": tf.TensorSpec([None], tf.int32),
@@ -99,7 +103,7 @@ def test_enc_dec_inputs_keep_room_for_eos_and_count_that_truncation():
     enc = row["encoder_input_tokens"]
     assert enc[enc > 0].tolist() == x + [1]
   stats = StreamStats()
-  batch = next(numpy_batches(train_dataset("proc_add_zs_noopt", lengths, 8, seed=0, encoder_decoder=True,
+  batch = next(numpy_batches(train_dataset("proc_add_zs_noopt", lengths, 8, seed=0, layout=T5_LAYOUT,
                                            pack=False, stats=stats)))
   for enc in batch["encoder_input_tokens"]:
     assert enc[enc > 0][-1] == 1
@@ -118,7 +122,7 @@ def test_packed_batch_loss_logits_equal_each_example_alone():
                  num_decoder_layers=1)
   model = T5(cfg)
   iface = interface_for(model)
-  ds = train_dataset("proc_add_zs_noopt", {"inputs": 48, "targets": 16}, 2, seed=1, encoder_decoder=True)
+  ds = train_dataset("proc_add_zs_noopt", {"inputs": 48, "targets": 16}, 2, seed=1, layout=T5_LAYOUT)
   batch = next(numpy_batches(ds))
   params = model.init(jax.random.key(0), jnp.zeros((1, 48), jnp.int32), jnp.zeros((1, 16), jnp.int32))["params"]
   packed = np.asarray(iface.logits(params, {k: jnp.asarray(v) for k, v in batch.items()}))

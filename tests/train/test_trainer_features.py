@@ -9,8 +9,8 @@ import numpy as np
 from train_runs import TINY, assert_trees_equal, checkpoint_state, train
 
 from itjax import config
+from itjax.core.checkpoints import complete_steps
 from itjax.train import trainer
-from itjax.train.checkpoints import complete_steps
 from itjax.train.summaries import read_metrics
 
 
@@ -31,7 +31,7 @@ def test_periodic_eval_keeps_the_best_checkpoint(tmp_path):
   d = tmp_path / "run"
   config.parse([TINY], [f"MODEL_DIR='{d}'", "TRAIN_STEPS=4", "CHECKPOINT_PERIOD=1",
                         "EVAL_MIXTURES={'held-out': 'proc_color_nli_zs_opt'}", "train.eval_period=2",
-                        "train.best_checkpoint_metric='held-out/rank_accuracy'", "train.keep_checkpoints=1"])
+                        "checkpoint_settings.best_metric='held-out/rank_accuracy'", "checkpoint_settings.keep=1"])
   assert trainer.train(evaluate_at_end=False)["step"] == 4
   assert not (d / "eval" / "heldout").exists()
   for step in (2, 4):
@@ -63,8 +63,8 @@ def test_stream_counts_reach_the_metrics(reference, tmp_path):
   # Training on the task that is also the "seen" eval set: its test/validation 13-grams recur in train.
   # Called through gin directly, to leave out the end-of-training eval (not a gin parameter).
   config.parse([TINY], [f"MODEL_DIR='{d}'", "TRAIN_STEPS=2", "EVAL_MIXTURES={'seen': 'proc_add_zs_noopt'}",
-                        "train.dedup=True", "train.decontaminate=True", "eval_settings.split='test'",
-                        "eval_settings.selection_split='validation'"])
+                        "stream_settings.dedup=True", "stream_settings.decontaminate=True",
+                        "eval_settings.split='test'", "eval_settings.selection_split='validation'"])
   assert trainer.train(evaluate_at_end=False)["step"] == 2
   last = read_metrics(d)[2]
   assert last["data/decontaminated"] > 0 and last["data/dedup_examples"] > 0
@@ -72,5 +72,5 @@ def test_stream_counts_reach_the_metrics(reference, tmp_path):
 
 
 def test_decontaminate_without_eval_sets_is_a_user_error(tmp_path, capsys):
-  assert train(tmp_path / "x", "--gin.train.decontaminate=True") == 2
-  assert "train.decontaminate=True needs train.eval_mixtures" in capsys.readouterr().err
+  assert train(tmp_path / "x", "--gin.stream_settings.decontaminate=True") == 2
+  assert "stream_settings.decontaminate=True needs train.eval_mixtures" in capsys.readouterr().err

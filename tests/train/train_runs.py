@@ -14,14 +14,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from itjax.cli import main
-from itjax.train.checkpoints import complete_steps
+from itjax.core.checkpoints import complete_steps
 from itjax.train.summaries import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "tests", "tiny.gin")
 # The reference setting of these tests: no eval, every checkpoint kept, MFU against a made-up peak.
 REF_STEPS = 16  # the shared reference run (conftest.py)
-BASE = ["--gin.EVAL_MIXTURES=None", "--gin.train.keep_checkpoints=None"]
+BASE = ["--gin.EVAL_MIXTURES=None", "--gin.checkpoint_settings.keep=None"]
 
 
 def train_args(model_dir, *extra: str) -> list[str]:

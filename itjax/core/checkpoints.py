@@ -18,13 +18,11 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
-import gin
 import jax
 import orbax.checkpoint as ocp
 
+from itjax.core.distributed import sync
 from itjax.errors import UserError
-from itjax.models.config_io import build_model, example_inputs, load_model_config
 
 log = logging.getLogger("itjax")
 
@@ -47,13 +45,6 @@ def complete_steps(directory: str) -> list[int]:
                 if n.isdigit() and is_complete(os.path.join(directory, n)))
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
 def clean_incomplete(directory: str) -> list[str]:
   """Process 0 removes leftover temporary dirs and moves incomplete step dirs aside; returns what it moved."""
   moved = []
@@ -71,7 +62,7 @@ def clean_incomplete(directory: str) -> list[str]:
         log.warning("checkpoint %s is incomplete (no %s); moved to %s", p, COMMIT_MARKER, dest)
         os.rename(p, dest)
         moved.append(p)
-  _sync("itjax_checkpoints_cleaned")
+  sync("itjax_checkpoints_cleaned")
   return moved
 
 
@@ -81,7 +72,6 @@ def metric_value(metrics: Mapping[str, Any] | None, name: str) -> float:
   return float(v) if v is not None else math.nan
 
 
-@gin.configurable
 class Checkpointer:
   """Wraps `ocp.CheckpointManager` with itjax's items: state, and JSON metadata.
 
@@ -156,43 +146,45 @@ def _rank(value: float, mode: str) -> float:
   return value if mode == "max" else -value
 
 
-def resolve_step_dir(path: str) -> str:
-  """The step dir that `path` (MODEL_DIR, .../checkpoints or a step dir) means: the latest complete one."""
+def step_dir_of(path: str) -> str | None:
+  """The step dir `path` means: itself (a step dir), else the latest complete one of MODEL_DIR or
+  MODEL_DIR/checkpoints; None when there is no checkpoint there at all."""
   path = os.path.abspath(path)
   for d in (path, os.path.join(path, "checkpoints")):
     if os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d)):
       steps = complete_steps(d)
       if not steps:
         raise UserError(f"no complete itjax checkpoint in {d!r}")
-      path = os.path.join(d, str(steps[-1]))
-      break
-  return path
+      return os.path.join(d, str(steps[-1]))
+  return path if os.path.isdir(os.path.join(path, "state")) else None
+
+
+def checkpoint_step_dir(path: str) -> str:
+  """The step dir of an itjax checkpoint path (MODEL_DIR, .../checkpoints or a step dir), or a UserError."""
+  step_dir = step_dir_of(path)
+  if step_dir is None:
+    raise UserError(f"no itjax checkpoint at {path!r} (expected MODEL_DIR, MODEL_DIR/checkpoints or a step dir)")
+  return step_dir
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:
-  """Params from an itjax checkpoint directory (MODEL_DIR, .../checkpoints or a step dir)."""
-  path = resolve_step_dir(path)
-  state_dir = os.path.join(path, "state")
-  if not os.path.isdir(state_dir):
-    raise UserError(f"no itjax checkpoint at {path!r} (expected MODEL_DIR, MODEL_DIR/checkpoints or a step dir)")
-  # Partial restore: params only, whatever optimizer state the checkpoint holds.
+  """The params of a checkpoint's train state (MODEL_DIR, .../checkpoints or a step dir: the latest complete
+  step), restored onto `abstract_params`' shapes, dtypes and shardings.
+
+  A partial restore: whatever optimizer state the checkpoint holds is not read.
+  """
+  step_dir = checkpoint_step_dir(path)
   target = {"params": abstract_params}
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   out = ocp.PyTreeCheckpointer().restore(
-      state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
+      os.path.join(step_dir, "state"),
+      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
   return out["params"]
 
 
-def load_model(path: str, mesh, rules) -> tuple[nn.Module, Any]:
-  """(model, params) from an itjax MODEL_DIR or checkpoint (either architecture), params sharded on `mesh`."""
-  cfg = load_model_config(path)
-  model = build_model(cfg)
-  if cfg.peft is not None:  # a PEFT run: its trainable variables on top of the base its checkpoint names
-    from itjax.peft.state import load_peft_params
-
-    return model, load_peft_params(path, cfg, mesh, rules)
-  boxed = jax.eval_shape(lambda r: model.init(r, *example_inputs(cfg))["params"], jax.random.key(0))
-  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                    nn.unbox(boxed), shardings)
-  return model, restore_params(path, abstract)
+def read_metadata(step_dir: str) -> dict:
+  """The JSON metadata a step was saved with (data position, seed, PEFT base, ...)."""
+  try:
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "meta"))
+  except (OSError, ValueError, FileNotFoundError) as e:
+    raise UserError(f"{step_dir}: cannot read the checkpoint metadata ({e})") from None

@@ -1,9 +1,8 @@
-"""Hugging Face interchange for Llama-family decoders (Llama, Mistral, Qwen2).
+"""Hugging Face interchange for the decoder family (Llama, Mistral, Qwen2).
 
 Maps HF `config.json` <-> `DecoderConfig`, HF tensor names <-> itjax params, and
-reads / writes HF model directories, so checkpoints move both ways without torch.
-Only safetensors are read: pickle files (`pytorch_model.bin`) can run code when
-loaded and are refused.
+reads / writes HF model directories (through `hf_io`), so checkpoints move both
+ways without torch; also the names peft's adapter format gives the decoder's modules.
 
 Known limit: the decoder always uses full causal attention. Mistral's
 `sliding_window` is accepted (identical results for sequences no longer than the
@@ -13,38 +12,38 @@ window); Qwen2 configs that really use sliding windows are refused.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_dtypes  # registers bfloat16 with numpy, so safetensors can hand back bf16 arrays
+import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from itjax.errors import UserError
-from itjax.models.decoder import DecoderConfig
-
-Params = dict[str, Any]
-Shapes = dict[str, tuple[int, ...]]
+from itjax.models.decoder import DecoderConfig, apply_rope, rope_inv_freq
+from itjax.models.hf_io import (
+  Params,
+  Shapes,
+  check_shapes,
+  checked_reader,
+  flatten,
+  read_config,
+  read_tensors,
+  unflatten,
+  write_hf_dir,
+)
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+MODEL_TYPES = tuple(ARCHITECTURES)  # llama first: the default export type
 _ROPE_TYPES = ("default", "linear", "llama3")
 # transformers' defaults when config.json omits num_key_value_heads (llama: one kv head per query head).
 _DEFAULT_KV_HEADS = {"mistral": 8, "qwen2": 32}
-_NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-              "float16": np.dtype(np.float16)}
 # Buffers some older checkpoints carry; they are recomputed, never loaded.
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-_INDEX = "model.safetensors.index.json"
-_SINGLE = "model.safetensors"
-_SHARD = "model-{:05d}-of-{:05d}.safetensors"
-_PICKLE_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
 # ----------------------------------------------------------------------------- config
@@ -220,62 +219,6 @@ def hf_shapes(cfg: DecoderConfig) -> Shapes:
   return out
 
 
-def _natural_key(name: str) -> list[Any]:
-  """Sort key that puts layers.2 before layers.10."""
-  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _check_shapes(expected: Shapes, actual: Shapes, what: str) -> None:
-  """Raises UserError listing every missing, unexpected and mis-shaped entry (one line)."""
-  missing = sorted(expected.keys() - actual.keys(), key=_natural_key)
-  extra = sorted(actual.keys() - expected.keys(), key=_natural_key)
-  wrong = sorted((n for n in expected.keys() & actual.keys() if tuple(expected[n]) != tuple(actual[n])),
-                 key=_natural_key)
-  if not (missing or extra or wrong):
-    return
-  parts = []
-  if missing:
-    parts.append("missing: " + ", ".join(f"{n} {list(expected[n])}" for n in missing))
-  if extra:
-    parts.append("unexpected: " + ", ".join(f"{n} {list(actual[n])}" for n in extra))
-  if wrong:
-    parts.append("wrong shape: " + ", ".join(f"{n} expected {list(expected[n])} got {list(actual[n])}"
-                                             for n in wrong))
-  count = len(missing) + len(extra) + len(wrong)
-  raise UserError(f"{what} does not match the model config ({count} differences): " + "; ".join(parts))
-
-
-def _shape_of(tensors: Mapping[str, Any], name: str) -> tuple[int, ...]:
-  """Shape without reading data when the mapping can tell it (lazy safetensors)."""
-  shape_of = getattr(tensors, "shape_of", None)
-  return tuple(shape_of(name)) if shape_of else tuple(np.shape(tensors[name]))
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, path + "/"))
-    else:
-      out[path] = value
-  return out
-
-
-def _unflatten(flat: Mapping[str, Any]) -> Params:
-  out: Params = {}
-  for path, value in flat.items():
-    node = out
-    *parents, leaf = path.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return out
-
-
-# ----------------------------------------------------------------------------- tensors <-> params
-
-
 def _layer_from_hf(cfg: DecoderConfig, get: Callable[[str], np.ndarray], prefix: str) -> dict[str, np.ndarray]:
   """One layer's itjax leaves ('/' paths) from HF tensors named `prefix` + suffix."""
   e, h, k, d = cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -324,15 +267,9 @@ def params_from_hf(cfg: DecoderConfig, tensors: Mapping[str, np.ndarray]) -> Par
   `tensors` may be any mapping (a dict, or a lazy safetensors view); each tensor is read once.
   A tied checkpoint may still carry `lm_head.weight`; it is ignored, as are rotary `inv_freq` buffers.
   """
-  actual = {name: _shape_of(tensors, name) for name in tensors if not _IGNORED.search(name)}
-  if cfg.tie_embeddings and actual.get("lm_head.weight") == (cfg.vocab_size, cfg.emb_dim):
-    del actual["lm_head.weight"]
-  _check_shapes(hf_shapes(cfg), actual, "Hugging Face checkpoint")
+  get = checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
+                       tied_head=(cfg.vocab_size, cfg.emb_dim) if cfg.tie_embeddings else None)
   dtype = np.dtype(cfg.params_dtype)
-
-  def get(name: str) -> np.ndarray:
-    return np.asarray(tensors[name]).astype(dtype, copy=False)
-
   flat = {"embedding": np.ascontiguousarray(get("model.embed_tokens.weight")),
           "final_norm/scale": np.ascontiguousarray(get("model.norm.weight"))}
   if not cfg.tie_embeddings:
@@ -350,13 +287,13 @@ def params_from_hf(cfg: DecoderConfig, tensors: Mapping[str, np.ndarray]) -> Par
     for i in range(cfg.num_layers):
       flat.update({f"layers_{i}/{name}": np.ascontiguousarray(value)
                    for name, value in _layer_from_hf(cfg, get, f"model.layers.{i}.").items()})
-  return _unflatten(flat)
+  return unflatten(flat)
 
 
 def params_to_hf(cfg: DecoderConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """HF tensors (contiguous numpy, dtype of the params) from itjax params; UserError lists every mismatch."""
-  flat = _flatten(nn.meta.unbox(dict(params)))
-  _check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
+  flat = flatten(nn.meta.unbox(dict(params)))
+  check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
   flat = jax.device_get(flat)
   out = {"model.embed_tokens.weight": np.asarray(flat["embedding"]),
          "model.norm.weight": np.asarray(flat["final_norm/scale"])}
@@ -374,91 +311,14 @@ def params_to_hf(cfg: DecoderConfig, params: Mapping[str, Any]) -> dict[str, np.
 # ----------------------------------------------------------------------------- directories
 
 
-class _SafetensorsTensors(Mapping):
-  """Read-only name -> numpy view over several safetensors files; reads a tensor only when indexed."""
-
-  def __init__(self, files: list[str]):
-    self._where: dict[str, Any] = {}
-    for file in files:
-      handle = safe_open(file, framework="np")
-      for name in handle.keys():
-        if name in self._where:
-          raise UserError(f"tensor {name!r} appears in more than one safetensors file ({file})")
-        self._where[name] = handle
-
-  def __getitem__(self, name: str) -> np.ndarray:
-    return self._where[name].get_tensor(name)
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._where)
-
-  def __len__(self) -> int:
-    return len(self._where)
-
-  def shape_of(self, name: str) -> tuple[int, ...]:
-    return tuple(self._where[name].get_slice(name).get_shape())
-
-
-def _weight_files(path: str) -> list[str]:
-  """The safetensors files of an HF model directory (index first); refuses pickle-only directories."""
-  index = os.path.join(path, _INDEX)
-  if os.path.exists(index):
-    try:
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError) as e:
-      raise UserError(f"{index}: unreadable safetensors index ({e})") from None
-    files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
-    absent = [f for f in files if not os.path.exists(f)]
-    if absent:
-      raise UserError(f"{index} names shard files that do not exist: {', '.join(absent)}")
-    return files
-  single = os.path.join(path, _SINGLE)
-  if os.path.exists(single):
-    return [single]
-  files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-  if files:
-    return files
-  pickles = sorted(os.path.basename(f) for pattern in _PICKLE_GLOBS for f in glob.glob(os.path.join(path, pattern)))
-  if pickles:
-    raise UserError(f"{path} has only pickle weights ({', '.join(pickles)}); safetensors are required "
-                    "(pickle files can run code when loaded, so they are never read). Convert them to "
-                    "*.safetensors first, e.g. with transformers: save_pretrained(..., safe_serialization=True).")
-  raise UserError(f"{path} has no *.safetensors weights")
-
-
 def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[DecoderConfig, Params]:
   """Reads an HF model directory (config.json + safetensors, single or sharded) into (cfg, numpy params).
 
   `overrides` replace DecoderConfig fields (e.g. scan_layers=True, param_dtype="bfloat16").
   """
   path = os.fspath(path)
-  if not os.path.isdir(path):
-    raise UserError(f"{path}: not a directory (expected a Hugging Face model directory)")
-  config_path = os.path.join(path, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"{config_path} not found (a Hugging Face model directory needs config.json)")
-  try:
-    with open(config_path) as f:
-      hf_config = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{config_path}: unreadable ({e})") from None
-  cfg = config_from_hf(hf_config, **overrides)
-  return cfg, params_from_hf(cfg, _SafetensorsTensors(_weight_files(path)))
-
-
-def _shards(tensors: Mapping[str, np.ndarray], max_shard_bytes: int) -> list[dict[str, np.ndarray]]:
-  """Greedy split in name order; a tensor larger than the limit gets a shard of its own."""
-  shards: list[dict[str, np.ndarray]] = [{}]
-  size = 0
-  for name in sorted(tensors, key=_natural_key):
-    nbytes = tensors[name].nbytes
-    if shards[-1] and size + nbytes > max_shard_bytes:
-      shards.append({})
-      size = 0
-    shards[-1][name] = tensors[name]
-    size += nbytes
-  return shards
+  cfg = config_from_hf(read_config(path), **overrides)
+  return cfg, params_from_hf(cfg, read_tensors(path))
 
 
 def save_hf_dir(cfg: DecoderConfig, params: Mapping[str, Any], path: str | os.PathLike, model_type: str = "llama",
@@ -471,36 +331,36 @@ def save_hf_dir(cfg: DecoderConfig, params: Mapping[str, Any], path: str | os.Pa
   write_hf_dir(path, config_to_hf(cfg, model_type), params_to_hf(cfg, params), dtype, max_shard_bytes)
 
 
-def write_hf_dir(path: str | os.PathLike, hf_config: dict, hf_tensors: Mapping[str, np.ndarray], dtype: str,
-                 max_shard_bytes: int) -> None:
-  """Writes config.json and safetensors weights (sharded with an index past `max_shard_bytes`), removing
-  stale weight files from an earlier save; shared by every HF model family's export."""
-  if dtype not in _NP_DTYPES:
-    raise UserError(f"unknown export dtype {dtype!r}; expected one of {sorted(_NP_DTYPES)}")
-  if max_shard_bytes <= 0:
-    raise UserError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-  hf_config = {**hf_config, "dtype": dtype, "torch_dtype": dtype}
-  np_dtype = _NP_DTYPES[dtype]
-  tensors = {name: value.astype(np_dtype, copy=False) for name, value in hf_tensors.items()}
+# ----------------------------------------------------------------------------- peft adapter format
 
-  path = os.fspath(path)
-  os.makedirs(path, exist_ok=True)
-  for stale in [_SINGLE, _INDEX, *map(os.path.basename, glob.glob(os.path.join(path, "model-*-of-*.safetensors")))]:
-    if os.path.exists(os.path.join(path, stale)):
-      os.remove(os.path.join(path, stale))
-  shards = _shards(tensors, max_shard_bytes)
-  metadata = {"format": "pt"}  # transformers checks this header field
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(path, _SINGLE), metadata=metadata)
-  else:
-    weight_map = {}
-    for i, shard in enumerate(shards):
-      name = _SHARD.format(i + 1, len(shards))
-      save_file(shard, os.path.join(path, name), metadata=metadata)
-      weight_map.update({tensor: name for tensor in shard})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
-    with open(os.path.join(path, _INDEX), "w") as f:
-      json.dump(index, f, indent=2, sort_keys=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
-    f.write("\n")
+
+def module_names(cfg: DecoderConfig) -> dict[str, str]:
+  """itjax kernel path (`layers_<i>/...`, unscanned) -> HF module name, for every projection kernel."""
+  ours, theirs = _layer_shapes(cfg)
+  pairs = dict(zip(ours, theirs, strict=True))
+  return {f"layers_{i}/{o}": f"model.layers.{i}.{t.removesuffix('.weight')}" for i in range(cfg.num_layers)
+          for o, t in pairs.items() if o.endswith(("_kernel", "wi_0", "wi_1", "wo"))}
+
+
+def prefix_tensors(cfg: DecoderConfig, flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """peft's `prompt_embeddings` [tokens, layers * 2 * kv_heads * head_dim] (key, value per layer) from unscanned
+  '/'-paths of a prefix-tuned model.
+
+  peft feeds the prefix as a KV cache, so HF places the real tokens after it (positions shifted by the
+  prefix length); rotating the stored keys by that shift keeps every query-prefix score the same.
+  """
+  p = cfg.peft.prefix_tokens
+  rows = []
+  for i in range(cfg.num_layers):
+    k = jnp.asarray(flat[f"layers_{i}/attn/prefix_key"], jnp.float32)
+    k = np.asarray(apply_rope(k[None], jnp.full((1, p), p), rope_inv_freq(cfg))[0])
+    v = flat[f"layers_{i}/attn/prefix_value"].astype(np.float32)
+    rows += [k.reshape(p, -1), v.reshape(p, -1)]
+  return {"prompt_embeddings": np.concatenate(rows, axis=1)}
+
+
+def prefix_config(cfg: DecoderConfig) -> dict[str, Any]:
+  """The PREFIX_TUNING fields of peft's adapter_config.json for this decoder."""
+  return {"num_virtual_tokens": cfg.peft.prefix_tokens, "num_layers": cfg.num_layers,
+          "token_dim": cfg.num_heads * cfg.head_dim, "num_attention_heads": cfg.num_heads,
+          "num_transformer_submodules": 1, "prefix_projection": False, "encoder_hidden_size": cfg.emb_dim}

@@ -1,4 +1,5 @@
-"""Multi-host setup: `jax.distributed.initialize` from gin or environment variables.
+"""Multi-host setup (`jax.distributed.initialize` from gin or environment variables) and the few
+cross-process helpers the layers above share (a barrier, a JSON broadcast).
 
 Set (any of) gin `initialize_distributed.coordinator_address / num_processes /
 process_id`, or the environment variables JAX_COORDINATOR_ADDRESS,
@@ -11,11 +12,21 @@ collectives use gloo (JAX's default).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import gin
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from itjax.errors import UserError
+
+try:
+  from jax._src import hardware_utils  # what JAX itself checks before loading libtpu
+except ImportError:  # a private module: if it moved, rely on the environment alone
+  hardware_utils = None
 
 log = logging.getLogger("itjax")
 
@@ -29,9 +40,9 @@ def _on_cloud_tpu() -> bool:
   """Cloud TPU chips here, or a TPU pod's environment (GKE, multislice); decided without starting a backend."""
   if "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
     return True
+  if hardware_utils is None:
+    return False
   try:
-    from jax._src import hardware_utils  # what JAX itself checks before loading libtpu
-
     return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
   except Exception:  # a private helper: if it moved, rely on the environment alone
     return False
@@ -50,8 +61,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
   process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
   if coordinator_address or num_processes is not None or process_id is not None:
-    from itjax.errors import UserError
-
     if not coordinator_address or num_processes is None or process_id is None:
       raise UserError("multi-process training needs all of initialize_distributed.coordinator_address, "
                       ".num_processes and .process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
@@ -74,3 +83,19 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
            jax.local_device_count(), jax.device_count())
   return jax.process_count() > 1
 
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op with one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_json(obj):
+  """Process 0's JSON-able value on every process."""
+  if jax.process_count() == 1:
+    return obj
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+  buf = np.zeros(n, np.uint8)
+  buf[:data.size] = data
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())

@@ -1,0 +1,1 @@
+"""`itjax convert`: Hugging Face directories <-> itjax model dirs, and peft adapter exports."""

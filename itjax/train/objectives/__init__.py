@@ -1,0 +1,9 @@
+"""Objectives: what the train step minimizes (the seam every training method plugs into).
+
+An objective names the batch arrays it reads, the frozen trees it needs beside the trainable state,
+and computes additive loss sums over a (micro)batch plus how the summed loss is normalized; the
+step (`itjax.train.step`) does the rest (microbatching, gradients, the optimizer, finiteness) the
+same for every objective, so each keeps the mesh, shardings, PEFT, checkpoints, exact resume and
+periodic evaluation of SFT. Supervised cross-entropy (`sft`) is the first; choose one in gin with
+`train.objective = @sft()`.
+"""
