@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from itjax.data.vocab import default_vocabulary  # noqa: E402
+from itjax.data.vocab import REGISTERED  # noqa: E402
 from itjax.eval.predict import predict  # noqa: E402
 from itjax.eval.rank import rank_classify  # noqa: E402
 from itjax.models.decoder import Decoder  # noqa: E402
@@ -47,7 +47,7 @@ WORDS = ("red green blue lamp river stone apple seven paper quick slow north sou
 def make_examples(n: int, options: int, seed: int = 0) -> list[dict]:
   """Synthetic prompts of 40-160 bytes, each with `options` one- or two-word answer options."""
   rng = random.Random(seed)
-  vocab = default_vocabulary()
+  vocab = REGISTERED
   rows = []
   for i in range(n):
     words = [rng.choice(WORDS) for _ in range(rng.randint(6, 24))]
@@ -60,7 +60,7 @@ def make_examples(n: int, options: int, seed: int = 0) -> list[dict]:
 def build_models(emb_dim: int, layers: int, heads: int, kv_heads: int, mlp_dim: int, path: str):
   """A random HF Llama (eval mode) and the same weights as an itjax (Decoder, params)."""
   torch.manual_seed(0)
-  vocab = default_vocabulary()
+  vocab = REGISTERED
   config = transformers.LlamaConfig(
       vocab_size=vocab.vocab_size, hidden_size=emb_dim, intermediate_size=mlp_dim, num_hidden_layers=layers,
       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=emb_dim // heads, max_position_embeddings=1024,
@@ -73,7 +73,7 @@ def build_models(emb_dim: int, layers: int, heads: int, kv_heads: int, mlp_dim: 
 
 def option_pairs(rows: list[dict]) -> list[tuple[list[int], list[int]]]:
   """(prompt ids, option ids + EOS) in rank_classify's order."""
-  vocab = default_vocabulary()
+  vocab = REGISTERED
   return [(r["input_ids"], list(vocab.encode(o)) + [vocab.eos_id]) for r in rows for o in r["options"]]
 
 
@@ -100,7 +100,7 @@ def hf_scores(hf, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> 
 @torch.inference_mode()
 def hf_generate(hf, rows: list[dict], batch_size: int, new_tokens: int) -> list[str]:
   """Greedy continuations of BOS + prompt (left-padded), up to EOS, decoded like `predict`."""
-  vocab = default_vocabulary()
+  vocab = REGISTERED
   out = []
   for i in range(0, len(rows), batch_size):
     prompts = [[BOS] + r["input_ids"] for r in rows[i: i + batch_size]]
@@ -145,7 +145,7 @@ def main() -> None:
   ap.add_argument("--kv_heads", type=int, default=2)
   ap.add_argument("--mlp_dim", type=int, default=384)
   args = ap.parse_args()
-  vocab = default_vocabulary()
+  vocab = REGISTERED
   rows = make_examples(args.examples, args.options)
   with tempfile.TemporaryDirectory() as path:
     hf, model, params = build_models(args.emb_dim, args.layers, args.heads, args.kv_heads, args.mlp_dim, path)

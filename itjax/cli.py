@@ -25,6 +25,11 @@ from collections.abc import Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from itjax.errors import UserError  # noqa: E402
+from itjax.serve import flags as serve_flags  # noqa: E402
+from itjax.synth import flags as data_flags  # noqa: E402
+
+# Each subcommand imports what it runs when it runs (below), so that `itjax --help` and the commands that read no
+# task data (convert, compile, serve, infer) start without TensorFlow and seqio.
 
 
 def _quiet_libraries() -> None:
@@ -96,11 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "write from the checkpoint of a LoRA / prefix-tuning run")
   c.add_argument("--base_model", default=None, help="with --to_peft: recorded as base_model_name_or_path (e.g. the "
                  "HF directory exported from the base)")
-  from itjax.serve import server as serve_cli
-  from itjax.synth import commands as data_cli
-
-  serve_cli.add_parser(sub)
-  data_cli.add_parser(sub)
+  serve_flags.add_parser(sub)
+  data_flags.add_parser(sub)
   return parser
 
 
@@ -131,9 +133,21 @@ def _call_gin(fn, **kwargs):
     raise
 
 
-def run(argv: Sequence[str]) -> int:
-  from itjax.config import bindings_from_argv
+def bindings_from_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Splits `--gin.NAME=VALUE` flags (returned as `NAME=VALUE`) from the other arguments."""
+  bindings, rest = [], []
+  for a in argv:
+    if a.startswith("--gin."):
+      body = a[len("--gin."):]
+      if "=" not in body:
+        raise UserError(f"{a}: expected --gin.NAME=VALUE")
+      bindings.append(body)
+    else:
+      rest.append(a)
+  return bindings, rest
 
+
+def run(argv: Sequence[str]) -> int:
   bindings, rest = bindings_from_argv(argv)
   args = build_parser().parse_args(rest)
   if bindings and args.command in ("tasks", "convert", "serve", "data"):

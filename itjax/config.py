@@ -146,17 +146,3 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     gin.parse_config_files_and_bindings(list(gin_files), bindings, finalize_config=True)
   except (ValueError, SyntaxError, OSError, KeyError, TypeError) as e:
     raise UserError(explain(e, bindings)) from None
-
-
-def bindings_from_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """Splits `--gin.NAME=VALUE` flags (returned as `NAME=VALUE`) from the other arguments."""
-  bindings, rest = [], []
-  for a in argv:
-    if a.startswith("--gin."):
-      body = a[len("--gin."):]
-      if "=" not in body:
-        raise UserError(f"{a}: expected --gin.NAME=VALUE")
-      bindings.append(body)
-    else:
-      rest.append(a)
-  return bindings, rest

@@ -31,6 +31,7 @@ import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
+from itjax.data.chat_format import LABELS
 from itjax.data.skips import SkipCounts
 from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features, record_untrimmed_lengths
 
@@ -41,7 +42,6 @@ TEXTS = "turn_texts"
 LOSS_MASK = "inputs_loss_weights"
 TURNS_DROPPED = "chat_turns_dropped"
 TOKENS_CUT = "chat_tokens_cut"
-LABELS = {"system": ("System: ", "\n"), "user": ("User: ", "\nAssistant:\n"), "assistant": ("", "")}
 
 
 def _label(roles: tf.Tensor, which: int) -> tf.Tensor:

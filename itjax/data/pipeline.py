@@ -40,6 +40,7 @@ from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
 from itjax.data.tasks import UNTRIMMED, task_info  # noqa: E402
+from itjax.data.vocab import with_vocabulary  # noqa: E402
 from itjax.models.features import PREFIX_LM_LAYOUT, FeatureLayout  # noqa: E402
 
 TEXT_FEATURES = ("inputs_pretokenized", "targets_pretokenized")
@@ -93,11 +94,13 @@ def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, sha
 
 def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], *, seed: int,
                    shard_index: int = 0, num_shards: int = 1, use_cached: bool = False, keep_text: bool = False,
-                   dedup: bool = False, stats: StreamStats | None = None) -> tf.data.Dataset:
+                   dedup: bool = False, stats: StreamStats | None = None,
+                   vocabulary: seqio.Vocabulary | None = None) -> tf.data.Dataset:
   """The mixed, infinite training examples (token ids, before feature conversion) of this host's shard.
 
   Without chat tasks and dedup this is `seqio.get_mixture_or_task(name).get_dataset(...)` example for
-  example; chat tasks add LOSS_MASK to every example, `keep_text` the pretokenized texts.
+  example; chat tasks add LOSS_MASK to every example, `keep_text` the pretokenized texts. Every task
+  is tokenized with `vocabulary` (default: as registered).
   """
   provider = require_task(mixture_or_task_name)
   stats = stats if stats is not None else StreamStats()
@@ -105,8 +108,9 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   tasks = [provider] if isinstance(provider, seqio.Task) else [t for t in provider.tasks if "train" in t.splits]
   stats.add_tasks(tasks)
   with_mask = any(_is_chat(t) for t in tasks)
+  read = [t if vocabulary is None else with_vocabulary(t, vocabulary) for t in tasks]
   streams = [_task_stream(t, dict(task_feature_lengths), seed=seed, shard_info=shard_info, use_cached=use_cached,
-                          keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats) for t in tasks]
+                          keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats) for t in read]
   if isinstance(provider, seqio.Task):
     return streams[0]
   # seqio's sampler (Mixture.get_dataset calls the same attribute) with the mixture's rates and our seed.
@@ -117,7 +121,8 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
                   seed: int, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                   start_batch: int = 0, use_cached: bool = False,
                   decontaminate: NgramIndex | None = None, layout: FeatureLayout = PREFIX_LM_LAYOUT,
-                  packer: str = "best_fit", dedup: bool = False, stats: StreamStats | None = None) -> tf.data.Dataset:
+                  packer: str = "best_fit", dedup: bool = False, stats: StreamStats | None = None,
+                  vocabulary: seqio.Vocabulary | None = None) -> tf.data.Dataset:
   """This host's infinite stream of [batch_size, length] batches of a model's features (`layout`, from its
   interface: decoder-only PrefixLM rows by default), from batch `start_batch` on.
 
@@ -132,7 +137,8 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   stats = stats if stats is not None else StreamStats()
   ds = train_examples(mixture_or_task_name, layout.task_lengths(lengths), seed=seed,
                       shard_index=shard_index, num_shards=num_shards,
-                      use_cached=use_cached, keep_text=decontaminate is not None, dedup=dedup, stats=stats)
+                      use_cached=use_cached, keep_text=decontaminate is not None, dedup=dedup, stats=stats,
+                      vocabulary=vocabulary)
   if decontaminate is not None:
     def clean(ex):
       # The untruncated texts (as `quality.scan` reads them); decoding token ids would stop at a chat's first EOS.

@@ -27,7 +27,7 @@ import tensorflow as tf
 from itjax.data import templates as tmpl
 from itjax.data.registry import require_task
 from itjax.data.skips import SkipCounts
-from itjax.data.vocab import TASK_VOCABULARY
+from itjax.data.vocab import REGISTERED
 
 TRAIN_SPLIT = "train"
 EXEMPLAR_SEED = 4321
@@ -81,7 +81,9 @@ def task_info(name_or_task: str | seqio.Task) -> TaskInfo | None:
 
 
 def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
-  vocab = vocabulary or TASK_VOCABULARY
+  """inputs (no EOS) and targets (EOS appended), tokenized with `vocabulary` (default: the registration bytes;
+  a run reads with its own through `itjax.data.vocab.with_vocabulary`)."""
+  vocab = vocabulary or REGISTERED
   return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
 
 

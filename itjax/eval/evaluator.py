@@ -14,13 +14,14 @@ from collections.abc import Mapping
 import flax.linen as nn
 import gin
 import jax
+import seqio
 
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
 from itjax.data.quality import scan
 from itjax.data.registry import leaf_tasks, require_task
 from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
-from itjax.data.vocab import default_vocabulary, use_model_dir_vocabulary
+from itjax.data.vocab import REGISTERED, run_vocabulary
 from itjax.errors import UserError
 from itjax.eval.generate import eval_examples
 from itjax.eval.predict import predict
@@ -96,15 +97,16 @@ def _contamination_notes(train_mixture: str, counts: Mapping[str, dict]) -> list
 
 
 def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping[str, str],
-             task_feature_lengths: Mapping[str, int], out_dir: str, *, mesh=None, rules=(),
-             title: str = "evaluation", train_mixture: str | None = None) -> tuple[dict, str]:
+             task_feature_lengths: Mapping[str, int], out_dir: str, *, vocabulary: seqio.Vocabulary | None = None,
+             mesh=None, rules=(), title: str = "evaluation", train_mixture: str | None = None) -> tuple[dict, str]:
   """Generates with, and rank-classifies by, every checkpoint on every eval mixture; writes the report.
 
+  Tasks are read with `vocabulary` (the run's; default: as registered, UTF-8 bytes).
   With `selection_split` set (eval_settings), the dev split is evaluated too and picks each dataset's
   best template; with `train_mixture`, the report states its contamination counts against each set.
   """
   settings = EvalSettings()
-  vocab = default_vocabulary()
+  vocab = vocabulary or REGISTERED
   split, selection_split = settings.split, settings.selection_split
   # Prompts as training read them (an encoder's inputs leave room for their EOS).
   iface = interface_for(model)
@@ -113,10 +115,11 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
   for set_name, mixture in eval_mixtures.items():
     for s in {split, selection_split} - {None}:
       _check_split(mixture, s)
-    rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split)
+    rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split, vocabulary=vocab)
     sets[set_name] = (rows, *_predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules))
     if selection_split and selection_split != split:
-      dev = eval_examples(mixture, lengths, settings.max_examples_per_task, split=selection_split)
+      dev = eval_examples(mixture, lengths, settings.max_examples_per_task, split=selection_split,
+                          vocabulary=vocab)
       _, dev_scores = _predict_and_score(iface, params_by_name, dev, vocab, settings, mesh, rules)
       selections[set_name] = (f"best template chosen on the {selection_split} split, reported on the {split} split",
                               dev, dev_scores)
@@ -148,7 +151,7 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_mixtures: Mapping[str,
   for mixture in [*eval_mixtures.values(), *([train_mixture] if train_mixture else [])]:
     require_task(mixture)
   mdir = ModelDir.open(checkpoint_path)
-  use_model_dir_vocabulary(mdir.root)
+  vocabulary = run_vocabulary(mdir.tokenizer_file)
   mesh, rules = create_mesh(), logical_axis_rules()
   params_by_name = {}
   if base_checkpoint_path:
@@ -156,6 +159,7 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_mixtures: Mapping[str,
   loaded = mdir.load(mesh, rules)
   params_by_name["tuned" if base_checkpoint_path else "checkpoint"] = loaded.params
   out_dir = output_dir or os.path.join(mdir.root, "eval", name)
-  summary, _ = run_eval(loaded.interface, params_by_name, eval_mixtures, task_feature_lengths, out_dir, mesh=mesh,
-                        rules=rules, title=f"{checkpoint_path}: zero-shot evaluation", train_mixture=train_mixture)
+  summary, _ = run_eval(loaded.interface, params_by_name, eval_mixtures, task_feature_lengths, out_dir,
+                        vocabulary=vocabulary, mesh=mesh, rules=rules,
+                        title=f"{checkpoint_path}: zero-shot evaluation", train_mixture=train_mixture)
   return summary

@@ -7,21 +7,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import seqio
+
 from itjax.data.registry import leaf_tasks
 from itjax.data.tasks import task_info
+from itjax.data.vocab import with_vocabulary
 from itjax.eval.settings import EVAL_SPLIT
 
 META = ("task", "dataset", "cluster", "variant")
 
 
 def eval_examples(mixture_or_task: str, feature_lengths: Mapping[str, int], max_per_task: int | None = None,
-                  split: str = EVAL_SPLIT) -> list[dict]:
+                  split: str = EVAL_SPLIT, vocabulary: seqio.Vocabulary | None = None) -> list[dict]:
   """Every rendered eval example of the leaf tasks (all templates), in a fixed order.
 
-  `max_per_task` caps the source examples; each is rendered once per template.
+  `max_per_task` caps the source examples; each is rendered once per template and tokenized with
+  `vocabulary` (default: as registered).
   """
   rows = []
   for task in leaf_tasks(mixture_or_task):
+    task = task if vocabulary is None else with_vocabulary(task, vocabulary)
     ds = task.get_dataset(dict(feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False)
     if max_per_task:
       info = task_info(task)

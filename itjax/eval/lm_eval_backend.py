@@ -33,7 +33,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-import seqio
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -43,7 +42,8 @@ from tqdm import tqdm
 
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
-from itjax.data.vocab import default_vocabulary, load_vocabulary
+from itjax.core.tokenizer import load_tokenizer
+from itjax.core.vocabulary import resolve_tokenizer
 from itjax.models.families import interface_for
 
 log = logging.getLogger("itjax")
@@ -54,18 +54,19 @@ DEFAULT_MAX_LENGTH = 2048
 Pair = tuple[list[int], list[int]]
 
 
-def resolve_vocabulary(vocabulary: seqio.Vocabulary | str | None) -> seqio.Vocabulary:
-  """The vocabulary hook: None -> the configured one (bytes by default), "byte" -> bytes; a path -> a
-  SentencePiece model, an HF tokenizer.json, or a directory holding one."""
+def resolve_vocabulary(vocabulary: Any) -> Any:
+  """The vocabulary hook: None -> the configured one (gin's vocabulary.path; bytes by default), "byte" ->
+  bytes; a path -> a SentencePiece model, an HF tokenizer.json, or a directory holding one; an object with
+  encode / decode / eos_id (a seqio vocabulary, an `itjax.core.tokenizer.Tokenizer`) as it is."""
   if vocabulary is None:
-    return default_vocabulary()
+    return resolve_tokenizer(None)
   if vocabulary in ("byte", "bytes"):
-    return load_vocabulary(None)
-  if isinstance(vocabulary, seqio.Vocabulary):
-    return vocabulary
+    return load_tokenizer(None)
   if isinstance(vocabulary, str):
-    return load_vocabulary(vocabulary)
-  raise TypeError(f"vocabulary: expected a seqio.Vocabulary, 'byte' or a SentencePiece model path, got {vocabulary!r}")
+    return load_tokenizer(vocabulary)
+  if all(hasattr(vocabulary, a) for a in ("encode", "decode", "eos_id")):
+    return vocabulary
+  raise TypeError(f"vocabulary: expected a tokenizer, 'byte' or a tokenizer path, got {vocabulary!r}")
 
 
 def _parse_batch_size(batch_size: int | str | None) -> int:
@@ -82,7 +83,7 @@ class ItjaxLM(LM):
   """lm-eval `LM` over an itjax model: from `pretrained` (an itjax MODEL_DIR or checkpoint) or (model, params)."""
 
   def __init__(self, pretrained: str | None = None, *, model: Any = None, params: Any = None,
-               vocabulary: seqio.Vocabulary | str | None = None, batch_size: int | str | None = DEFAULT_BATCH_SIZE,
+               vocabulary: Any = None, batch_size: int | str | None = DEFAULT_BATCH_SIZE,
                max_length: int | str | None = None, max_gen_toks: int | str = 256, mesh: Any = None,
                rules: Any = None, max_batch_size: int | None = None, device: str | None = None):
     super().__init__()

@@ -22,10 +22,10 @@ class TrainingEval:
   """`itjax.train.trainer.Evaluator` over `run_eval`."""
 
   def __init__(self, *, interface: Any, mesh: Any, rules: Any, eval_mixtures: Mapping[str, str],
-               task_feature_lengths: Mapping[str, int], model_dir: str, train_mixture: str):
+               task_feature_lengths: Mapping[str, int], model_dir: str, train_mixture: str, vocabulary: Any):
     self.interface, self.mesh, self.rules = interface, mesh, rules
     self.eval_mixtures, self.lengths = dict(eval_mixtures), dict(task_feature_lengths)
-    self.model_dir, self.train_mixture = model_dir, train_mixture
+    self.model_dir, self.train_mixture, self.vocabulary = model_dir, train_mixture, vocabulary
 
   def splits(self) -> tuple[str, ...]:
     return evaluated_splits()
@@ -39,12 +39,14 @@ class TrainingEval:
   def evaluate(self, step: int, params: Any) -> dict[str, float]:
     name = f"step_{step}"
     summary, _ = run_eval(self.interface, {name: params}, self.eval_mixtures, self.lengths,
-                          os.path.join(self.model_dir, "eval", name), mesh=self.mesh, rules=self.rules,
+                          os.path.join(self.model_dir, "eval", name), vocabulary=self.vocabulary, mesh=self.mesh,
+                          rules=self.rules,
                           title=f"{self.train_mixture}: zero-shot evaluation at step {step}")
     return broadcast_json({f"{s}/{m}": v[name] for s, res in summary.items()
                            for m, v in res["overall"].items() if v.get(name) is not None})
 
   def final(self, params_by_name: Mapping[str, Any], step: int) -> None:
     run_eval(self.interface, dict(params_by_name), self.eval_mixtures, self.lengths,
-             os.path.join(self.model_dir, "eval", "heldout"), mesh=self.mesh, rules=self.rules,
+             os.path.join(self.model_dir, "eval", "heldout"), vocabulary=self.vocabulary, mesh=self.mesh,
+             rules=self.rules,
              title=f"{self.train_mixture}: zero-shot evaluation", train_mixture=self.train_mixture)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from itjax.models.decoder import Decoder
 from itjax.models.t5 import T5
@@ -24,8 +25,6 @@ def to_host(x) -> np.ndarray:
   """A jax.Array as numpy on every process; shards held by other processes are gathered (a collective:
   with several processes, every process must call it, as they all run the same batches)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 

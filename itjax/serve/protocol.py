@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from itjax.data.chat_format import chat_tokens
+
 MAX_N = 16
 MAX_STOP = 4
 DEFAULT_COMPLETION_TOKENS = 16  # as OpenAI's /v1/completions
@@ -146,27 +148,6 @@ def _content(m: Mapping, i: int) -> str:
       parts.append(part["text"])
     return "".join(parts)
   raise BadRequest("'content' must be a string or a list of text parts", f"messages[{i}].content")
-
-
-def chat_pieces(messages: list[tuple[str, str]]) -> list[tuple[str, bool]]:
-  """(text, EOS follows) per (role, content) turn, labeled as `itjax.data.chat` renders training conversations."""
-  from itjax.data.chat import LABELS  # imported late: it loads TensorFlow
-
-  turns = [(r, c) for r, c in messages if r != "system" or c.strip()]  # empty system prompts are left out
-  return [(LABELS[r][0] + c + LABELS[r][1], r == "assistant" and i < len(turns) - 1) for i, (r, c) in enumerate(turns)]
-
-
-def chat_text(messages: list[tuple[str, str]]) -> str:
-  """The chat prompt as text (EOS shown as a line break, as in `inputs_pretokenized`), for text-only endpoints."""
-  return "".join(text + ("\n" if eos else "") for text, eos in chat_pieces(messages))
-
-
-def chat_tokens(messages: list[tuple[str, str]], encode, eos_id: int) -> list[int]:
-  """The chat prompt as token ids: every earlier assistant reply ends with EOS, as in training."""
-  out: list[int] = []
-  for text, eos in chat_pieces(messages):
-    out += encode(text) + ([eos_id] if eos else [])
-  return out
 
 
 def parse_chat(body: Any, served: str, encode, eos_id: int = 1) -> Request:

@@ -21,6 +21,7 @@ from typing import Any
 
 from itjax.errors import UserError
 from itjax.serve import protocol
+from itjax.serve.engine import Engine, Sampling, parse_mesh_shape
 from itjax.serve.protocol import BadRequest, Choice
 
 logger = logging.getLogger("itjax")
@@ -149,8 +150,6 @@ class Server:
       if why:
         raise BadRequest(why, "max_tokens" if len(p) < self.engine.context else "prompt",
                          code="context_length_exceeded")
-    from itjax.serve.engine import Sampling
-
     sampling = Sampling(req.temperature, req.top_p, req.top_k, req.seed)
     rows = [p for p in req.prompts for _ in range(req.n)]
     choices = []
@@ -177,24 +176,8 @@ class Server:
     self.engine.close()
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-  """Adds `serve` to the `itjax` subparsers."""
-  p = sub.add_parser("serve", help="serve a checkpoint on the OpenAI protocol (/v1/completions, /v1/chat/completions)")
-  p.add_argument("--checkpoint", required=True, help="itjax MODEL_DIR or checkpoint (see `itjax convert --from_hf`)")
-  p.add_argument("--host", default="127.0.0.1")
-  p.add_argument("--port", type=int, default=8000)
-  p.add_argument("--model_name", default=None, help="the name clients ask for (default: the directory's name)")
-  p.add_argument("--max_batch", type=int, default=8, help="rows (prompts x choices) decoded together")
-  p.add_argument("--batch_wait_ms", type=float, default=10.0, help="how long to wait for more requests to batch")
-  p.add_argument("--mesh_shape", default="-1,1,1", help="(data, fsdp, tensor) mesh, e.g. 1,1,-1 for tensor parallel")
-  p.add_argument("--api_key_env", default=None, help="require `Authorization: Bearer $VAR` (the variable's name)")
-  return p
-
-
 def run(args: argparse.Namespace) -> int:
   """`itjax serve`: loads the model, serves until interrupted."""
-  from itjax.serve.engine import Engine, parse_mesh_shape
-
   if args.max_batch < 1:
     raise UserError(f"--max_batch must be >= 1, got {args.max_batch}")
   api_key = None

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from itjax.data import jsonl, quality
 from itjax.errors import UserError
 from itjax.synth.mixins import Mixin, render
 
@@ -42,8 +43,6 @@ def clean(rows: Sequence[dict], *, decontaminate: Sequence[str] = (), index: Any
 
   `index` is a `quality.NgramIndex`; without one, `decontaminate` names eval tasks or mixtures to build it from.
   """
-  from itjax.data import jsonl, quality
-
   max_chars = jsonl.DEFAULT_MAX_CHARS if max_chars is None else max_chars
   if index is None and decontaminate:
     index = quality.eval_index(list(decontaminate))
@@ -71,8 +70,6 @@ def finalize(output_dir: str, rows: Sequence[dict], report: dict[str, Any], *, m
              decontaminate: Sequence[str] = (), index: Any = None, fmt: str = "alpaca") -> dict[str, Any]:
   """Writes data.jsonl (`fmt`: "alpaca" rows, or "chat" rows with `messages`) and report.json from the generated
   rows (+ mixins); returns the report."""
-  from itjax.data import jsonl
-
   mixed = []
   per_mixin = {}
   for m in mixins:
@@ -123,11 +120,9 @@ def register_output(name: str, output_dir: str, **kwargs: Any) -> list[str]:
 
   `kwargs` go to `register_jsonl_task` (cluster, templates, on_error, ...).
   """
-  from itjax.data.jsonl import register_jsonl_task
-
   path = os.path.join(output_dir, DATA)
   if not os.path.exists(os.path.join(output_dir, REPORT)) or not os.path.exists(path):
     raise UserError(f"{output_dir}: no finished `itjax data` run ({DATA} and {REPORT} missing); run or resume it")
   with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
     fmt = json.load(f).get("final", {}).get("format", "alpaca")
-  return register_jsonl_task(name, {"train": [path]}, fmt, **kwargs)
+  return jsonl.register_jsonl_task(name, {"train": [path]}, fmt, **kwargs)

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from itjax.data.chat_format import chat_text
 from itjax.errors import UserError
 
 logger = logging.getLogger("itjax")
@@ -71,8 +72,6 @@ class Completion:
 
 def render_chat(messages: Sequence[Mapping[str, str]]) -> str:
   """Messages as itjax's chat text ("User: ...\\nAssistant:\\n", as `itjax serve`), for a completions endpoint."""
-  from itjax.serve.protocol import chat_text
-
   return chat_text([(m["role"], m["content"]) for m in messages])
 
 

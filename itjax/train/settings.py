@@ -27,6 +27,7 @@ from itjax.models.peft_hooks import PeftConfig
 from itjax.train.objectives.base import Objective
 from itjax.train.objectives.cross_entropy import CrossEntropy
 
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise UserError(f"{name}={value!r} must be an integer >= {minimum}")

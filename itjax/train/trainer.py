@@ -24,16 +24,19 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+import seqio
 
+from itjax.core import vocabulary as core_vocabulary
 from itjax.core.checkpoints import Checkpointer
 from itjax.core.distributed import initialize_distributed
 from itjax.core.model_dir import find_model_dir, save_model_config
 from itjax.core.model_info import write_model_info
-from itjax.data import vocab
+from itjax.core.tokenizer import copy_tokenizer_files, load_tokenizer, model_dir_tokenizer
 from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
 from itjax.data.stream_stats import StreamStats
+from itjax.data.vocab import check_vocabulary_fits, load_vocabulary
 from itjax.errors import UserError
 from itjax.models.features import FeatureLayout
 from itjax.train import perf
@@ -67,7 +70,8 @@ class Evaluator(Protocol):
 
 class EvaluatorFactory(Protocol):
   def __call__(self, *, interface: Any, mesh: Any, rules: Any, eval_mixtures: Mapping[str, str],
-               task_feature_lengths: Mapping[str, int], model_dir: str, train_mixture: str) -> Evaluator: ...
+               task_feature_lengths: Mapping[str, int], model_dir: str, train_mixture: str,
+               vocabulary: Any) -> Evaluator: ...
 
 
 def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -77,7 +81,7 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                  seed: int, data_shards: int, start_batch: int, layout: FeatureLayout, stream: StreamSettings,
-                 decontaminate: NgramIndex | None = None, stats: StreamStats | None = None
+                 vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None, stats: StreamStats | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
@@ -89,7 +93,7 @@ def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
       mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
       shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=stream.pack,
       start_batch=start_batch, layout=layout, packer=stream.packer, dedup=stream.dedup,
-      decontaminate=decontaminate, stats=stats))
+      decontaminate=decontaminate, stats=stats, vocabulary=vocabulary))
       for j in range(per_host)]
   while True:
     parts = [next(s) for s in streams]
@@ -146,29 +150,34 @@ def _check(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end
                     "CLI gives one); pass evaluator=itjax.eval.training.TrainingEval, or set EVAL_MIXTURES=None")
 
 
-def _prepare_model_dir(s: TrainSettings) -> str:
-  """MODEL_DIR with model_config.json and the tokenizer files (the initial checkpoint's, or gin's)."""
+def _prepare_model_dir(s: TrainSettings) -> tuple[str, seqio.Vocabulary]:
+  """(MODEL_DIR with model_config.json and the tokenizer files, the run's vocabulary).
+
+  The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was trained or converted with.
+  """
   model_dir = os.path.abspath(s.model_dir)
   os.makedirs(model_dir, exist_ok=True)
-  # The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was converted with.
-  vocab.use_model_dir_vocabulary(find_model_dir(s.initial_checkpoint_path) if s.initial_checkpoint_path else None)
-  vocab.check_vocabulary_fits(s.model_config.vocab_size, "MODEL", getattr(s.model_config, "eos_id", None))
+  init_dir = find_model_dir(s.initial_checkpoint_path) if s.initial_checkpoint_path else None
+  path = core_vocabulary.tokenizer_path(model_dir_tokenizer(init_dir) if init_dir else None)
+  vocabulary = load_vocabulary(path)
+  check_vocabulary_fits(vocabulary, s.model_config.vocab_size, "MODEL", getattr(s.model_config, "eos_id", None))
   if jax.process_index() == 0:
     save_model_config(model_dir, s.model_config)
-    if vocab.active_path():  # eval/infer/export of this MODEL_DIR find the tokenizer beside the checkpoints
-      vocab.copy_tokenizer_files(os.path.dirname(vocab.active_path()), model_dir, vocab.active_path())
-  return model_dir
+    if path:  # eval/infer/export of this MODEL_DIR find the tokenizer beside the checkpoints
+      main = load_tokenizer(path).path
+      copy_tokenizer_files(os.path.dirname(main), model_dir, main)
+  return model_dir, vocabulary
 
 
 def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: bool, preempt: Preemption) -> dict:
   _check(s, evaluator, evaluate_at_end)
-  model_dir = _prepare_model_dir(s)
+  model_dir, vocabulary = _prepare_model_dir(s)
   b = build(s)
   ev = None
   if evaluator is not None and s.eval_mixtures:
     ev = evaluator(interface=b.interface, mesh=b.mesh, rules=b.rules, eval_mixtures=s.eval_mixtures,
                    task_feature_lengths=s.task_feature_lengths, model_dir=model_dir,
-                   train_mixture=s.mixture_or_task_name)
+                   train_mixture=s.mixture_or_task_name, vocabulary=vocabulary)
     if s.checkpoints.best_metric:
       ev.check_metric(s.checkpoints.best_metric)
   state, shardings = b.trainable.create_state(b.optimizer, b.mesh, b.rules, jax.random.key(s.seed))
@@ -205,7 +214,7 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
                "/".join(splits))
     batches = host_batches(s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
                            data_shards=data_shards, start_batch=start_batch, layout=b.interface.features,
-                           stream=s.stream, decontaminate=index, stats=stream_stats)
+                           stream=s.stream, vocabulary=vocabulary, decontaminate=index, stats=stream_stats)
     loop = Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, s.train_steps, start),
                 stream_stats=stream_stats, start=start, start_batch=start_batch, seed=s.seed,
                 data_shards=data_shards, meta=b.trainable.checkpoint_meta(),

@@ -19,8 +19,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from itjax.core import tokenizer as tok_lib
+from itjax.data.hf_vocabulary import HFTokenizerVocabulary
 from itjax.errors import UserError
-from itjax.models.vocabularies import HFTokenizerVocabulary
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hum jazz tunes near old "
           "towers and bright rivers flow past green hills under calm skies").split()
@@ -235,13 +235,6 @@ def test_model_dir_tokenizer_and_copy_tokenizer_files(hf_dir, sp_path, tmp_path)
   assert tok_lib.model_dir_tokenizer(str(src)) == os.path.join(str(src), "tokenizer.json")
   os.remove(src / "tokenizer.json")
   assert tok_lib.model_dir_tokenizer(str(src)) == os.path.join(str(src), "tokenizer.model")
-
-
-def test_module_constants_match_the_data_layer():
-  from itjax.data import vocab as vocab_lib
-
-  assert tok_lib.TOKENIZER_FILES == vocab_lib.TOKENIZER_FILES
-  assert tok_lib.TOKENIZER_SIDE_FILES == vocab_lib.TOKENIZER_SIDE_FILES
 
 
 def test_import_pulls_in_neither_tensorflow_nor_seqio_nor_jax():

@@ -13,7 +13,7 @@ from itjax.data.sources import procedural_source
 from itjax.data.stream_stats import StreamStats
 from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template as T
-from itjax.data.vocab import default_vocabulary
+from itjax.data.vocab import REGISTERED
 
 LENGTHS = {"inputs": 24, "targets": 16}
 # 40 examples, 4 distinct after normalization (case and punctuation differ).
@@ -65,7 +65,7 @@ def test_each_pass_keeps_one_of_each_normalized_text_and_counts_the_rest(dup_tas
 
 
 def test_dedup_is_off_by_default_deterministic_and_reaches_batches(dup_task):
-  vocab = default_vocabulary()
+  vocab = REGISTERED
 
   def batch_texts(**kw):
     batches = train_dataset(dup_task, LENGTHS, 4, seed=3, pack=False, **kw).take(2).as_numpy_iterator()

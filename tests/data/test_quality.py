@@ -13,7 +13,7 @@ from itjax.data.pipeline import train_dataset
 from itjax.data.sources import procedural_source
 from itjax.data.tasks import register_instruction_task
 from itjax.data.templates import Template as T
-from itjax.data.vocab import default_vocabulary
+from itjax.data.vocab import REGISTERED
 
 LONG = "the quick brown fox jumps over the lazy dog near the old river bank today"  # 15 words
 
@@ -62,7 +62,7 @@ def test_train_stream_drops_contaminated_examples():
   train = _register("quality_train2", ["alpha", "beta"], {"train": 40, "validation": 1})
   evals = _register("quality_eval2", ["beta"], {"train": 1, "validation": 1})
   index = q.eval_index([evals])
-  vocab = default_vocabulary()
+  vocab = REGISTERED
   ds = train_dataset(train, {"inputs": 16, "targets": 8}, 4, seed=0, pack=False, decontaminate=index)
   seen = set()
   for b in ds.take(10).as_numpy_iterator():

@@ -137,11 +137,11 @@ def test_few_shot_exemplar_equal_to_the_example_is_dropped():
 def test_few_shot_truncates_from_the_left_so_the_query_survives():
   ds = seqio.get_mixture_or_task("proc_successor_fs_noopt").get_dataset({"inputs": 24, "targets": 8},
                                                                          split="validation", shuffle=False)
-  from itjax.data.vocab import default_vocabulary
+  from itjax.data.vocab import REGISTERED
 
   for ex in ds.take(3).as_numpy_iterator():
     full = ex["inputs_pretokenized"].decode()
-    kept = default_vocabulary().decode(ex["inputs"].tolist())
+    kept = REGISTERED.decode(ex["inputs"].tolist())
     assert len(ex["inputs"]) == 24 and full.endswith(kept)
 
 
@@ -164,7 +164,7 @@ def test_heldout_mixture_rates_are_examples_proportional_capped_and_tempered(cap
   from itjax.data.pipeline import train_examples
   from itjax.data.sources import procedural_source
   from itjax.data.tasks import register_instruction_task
-  from itjax.data.vocab import default_vocabulary
+  from itjax.data.vocab import REGISTERED
 
   sizes = {"ma": ("a", 50), "mb": ("a", 400), "mc": ("c", 100), "md": ("b", 80)}
   names = []
@@ -186,7 +186,7 @@ def test_heldout_mixture_rates_are_examples_proportional_capped_and_tempered(cap
     out = capsys.readouterr().out
     assert "mix_mb_zs_noopt" in out and f"{300 / 450:6.2%}" in out and f"{50 / 450:6.2%}" in out
     # The training stream draws each task at its rate.
-    vocab, counts = default_vocabulary(), {"ma": 0, "mb": 0, "mc": 0}
+    vocab, counts = REGISTERED, {"ma": 0, "mb": 0, "mc": 0}
     for ex in train_examples("mixt_heldout_b", LENGTHS, seed=0).take(4500).as_numpy_iterator():
       counts[vocab.decode(ex["inputs"].tolist()).split()[0]] += 1
     for d, rate in (("ma", 50 / 450), ("mb", 300 / 450), ("mc", 100 / 450)):

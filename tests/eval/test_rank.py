@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from itjax.data.vocab import default_vocabulary
+from itjax.data.vocab import REGISTERED
 from itjax.eval.rank import rank_classify
 from itjax.models.decoder import Decoder, DecoderConfig
 from itjax.models.scoring import score_continuations
 
-VOCAB = default_vocabulary()
+VOCAB = REGISTERED
 
 
 class PrefersBytes(nn.Module):

@@ -14,8 +14,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import itjax_tasks.procedural  # noqa: F401
 from itjax.cli import main
+from itjax.core.model_dir import ModelDir
 from itjax.data import vocab as vocab_lib
-from itjax.models.vocabularies import HFTokenizerVocabulary
+from itjax.data.hf_vocabulary import HFTokenizerVocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXTS = [f"add {i} and {i + 3} then answer with the sum of the numbers" for i in range(200)]
@@ -55,12 +56,12 @@ def _reset():
   gin.clear_config()  # also unlocks: an earlier test's `itjax.config.parse` leaves the config finalized
   yield
   gin.clear_config()
-  vocab_lib.use_model_dir_vocabulary(None)
 
 
 def _targets(task: str) -> list[list[int]]:
-  ds = seqio.get_mixture_or_task(task).get_dataset({"inputs": 256, "targets": 64}, split="validation",
-                                                   shuffle=False)
+  """A task's validation targets as the run reads them: with the vocabulary resolved from gin."""
+  ds = vocab_lib.with_vocabulary(seqio.get_mixture_or_task(task), vocab_lib.run_vocabulary()).get_dataset(
+      {"inputs": 256, "targets": 64}, split="validation", shuffle=False)
   return [ex["targets"].tolist() for ex in ds.take(3).as_numpy_iterator()], \
          [ex["targets_pretokenized"].decode() for ex in ds.take(3).as_numpy_iterator()]
 
@@ -87,7 +88,7 @@ def test_converted_model_dir_carries_its_tokenizer(hf_dir, tmp_path):
   assert (out / "tokenizer.json").exists()
   assert main(["infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH={out}", "--gin.infer.max_new_tokens=2",
                "--input", "add 2 and 5"]) == 0
-  active = vocab_lib.default_vocabulary()
+  active = vocab_lib.run_vocabulary(ModelDir.open(str(out)).tokenizer_file)  # what infer read it with
   assert isinstance(active, HFTokenizerVocabulary) and active.vocab_size == 300
   # ... and exports it back beside the weights, so AutoTokenizer loads the same tokenizer.
   back = tmp_path / "hf_again"

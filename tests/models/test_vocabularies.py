@@ -16,8 +16,8 @@ import tensorflow as tf
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from itjax.data.hf_vocabulary import HFTokenizerVocabulary
 from itjax.errors import UserError
-from itjax.models.vocabularies import HFTokenizerVocabulary
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hum jazz tunes near old "
           "towers and bright rivers flow past green hills under calm skies").split()

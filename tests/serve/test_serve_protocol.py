@@ -2,6 +2,7 @@
 
 import pytest
 
+from itjax.data import chat_format
 from itjax.serve import protocol
 from itjax.serve.protocol import BadRequest, Choice
 
@@ -70,7 +71,7 @@ def test_chat_template_is_itjax_chat_format():
       "m", encode, eos_id=1)
   text = "System: Be brief.\nUser: Hi\nAssistant:\nHello!"
   assert req.prompts[0] == encode(text) + [1] + encode("User: Bye\nAssistant:\n")  # EOS ends each earlier reply
-  assert protocol.chat_text([("system", ""), ("user", "Hi")]) == "User: Hi\nAssistant:\n"
+  assert chat_format.chat_text([("system", ""), ("user", "Hi")]) == "User: Hi\nAssistant:\n"
   assert req.max_tokens == protocol.DEFAULT_CHAT_TOKENS
   for messages, param in [([], "messages"), ([{"role": "tool", "content": "x"}], "messages[0].role"),
                           ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content[0]"),
