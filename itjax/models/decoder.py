@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from itjax.models import peft_hooks
-from itjax.models.layers import MlpBlock, RMSNorm, dense_init, resolve_dtype
+from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init
 from itjax.models.peft_hooks import PeftConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(Numerics):
   """Architecture and numerics of a decoder-only model."""
 
   vocab_size: int = 259
@@ -49,14 +49,6 @@ class DecoderConfig:
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
-
-  @property
-  def compute_dtype(self):
-    return resolve_dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return resolve_dtype(self.param_dtype)
 
 
 def rope_inv_freq(cfg: DecoderConfig) -> jnp.ndarray:

@@ -24,18 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from itjax.errors import UserError
+from itjax.models import hf_io
 from itjax.models.decoder import DecoderConfig, apply_rope, rope_inv_freq
-from itjax.models.hf_io import (
-  Params,
-  Shapes,
-  check_shapes,
-  checked_reader,
-  flatten,
-  read_config,
-  read_tensors,
-  unflatten,
-  write_hf_dir,
-)
+from itjax.models.hf_io import Params, Shapes
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 MODEL_TYPES = tuple(ARCHITECTURES)  # llama first: the default export type
@@ -267,7 +258,7 @@ def params_from_hf(cfg: DecoderConfig, tensors: Mapping[str, np.ndarray]) -> Par
   `tensors` may be any mapping (a dict, or a lazy safetensors view); each tensor is read once.
   A tied checkpoint may still carry `lm_head.weight`; it is ignored, as are rotary `inv_freq` buffers.
   """
-  get = checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
+  get = hf_io.checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
                        tied_head=(cfg.vocab_size, cfg.emb_dim) if cfg.tie_embeddings else None)
   dtype = np.dtype(cfg.params_dtype)
   flat = {"embedding": np.ascontiguousarray(get("model.embed_tokens.weight")),
@@ -287,13 +278,13 @@ def params_from_hf(cfg: DecoderConfig, tensors: Mapping[str, np.ndarray]) -> Par
     for i in range(cfg.num_layers):
       flat.update({f"layers_{i}/{name}": np.ascontiguousarray(value)
                    for name, value in _layer_from_hf(cfg, get, f"model.layers.{i}.").items()})
-  return unflatten(flat)
+  return hf_io.unflatten(flat)
 
 
 def params_to_hf(cfg: DecoderConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """HF tensors (contiguous numpy, dtype of the params) from itjax params; UserError lists every mismatch."""
-  flat = flatten(nn.meta.unbox(dict(params)))
-  check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
+  flat = hf_io.flatten(nn.meta.unbox(dict(params)))
+  hf_io.check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
   flat = jax.device_get(flat)
   out = {"model.embed_tokens.weight": np.asarray(flat["embedding"]),
          "model.norm.weight": np.asarray(flat["final_norm/scale"])}
@@ -317,8 +308,8 @@ def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[DecoderConfi
   `overrides` replace DecoderConfig fields (e.g. scan_layers=True, param_dtype="bfloat16").
   """
   path = os.fspath(path)
-  cfg = config_from_hf(read_config(path), **overrides)
-  return cfg, params_from_hf(cfg, read_tensors(path))
+  cfg = config_from_hf(hf_io.read_config(path), **overrides)
+  return cfg, params_from_hf(cfg, hf_io.read_tensors(path))
 
 
 def save_hf_dir(cfg: DecoderConfig, params: Mapping[str, Any], path: str | os.PathLike, model_type: str = "llama",
@@ -328,7 +319,7 @@ def save_hf_dir(cfg: DecoderConfig, params: Mapping[str, Any], path: str | os.Pa
   The result loads with `transformers.AutoModelForCausalLM.from_pretrained(path)`. Stale weight files
   from an earlier save (model.safetensors, model-*-of-*.safetensors, the index) are removed first.
   """
-  write_hf_dir(path, config_to_hf(cfg, model_type), params_to_hf(cfg, params), dtype, max_shard_bytes)
+  hf_io.write_hf_dir(path, config_to_hf(cfg, model_type), params_to_hf(cfg, params), dtype, max_shard_bytes)
 
 
 # ----------------------------------------------------------------------------- peft adapter format

@@ -22,17 +22,8 @@ import jax
 import numpy as np
 
 from itjax.errors import UserError
-from itjax.models.hf_io import (
-  Params,
-  Shapes,
-  check_shapes,
-  checked_reader,
-  flatten,
-  read_config,
-  read_tensors,
-  unflatten,
-  write_hf_dir,
-)
+from itjax.models import hf_io
+from itjax.models.hf_io import Params, Shapes
 from itjax.models.t5 import T5Config
 
 ARCHITECTURE = "T5ForConditionalGeneration"
@@ -230,7 +221,7 @@ def params_from_hf(cfg: T5Config, tensors: Mapping[str, np.ndarray]) -> Params:
   `tensors` may be a dict or a lazy safetensors view; each tensor is read once. With a tied cfg a
   correctly shaped `lm_head.weight` is ignored, as are embedding copies (`encoder.embed_tokens`).
   """
-  get = checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
+  get = hf_io.checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
                        tied_head=(cfg.vocab_size, cfg.emb_dim) if cfg.tie_embeddings else None)
   dtype = np.dtype(cfg.params_dtype)
   flat = {"embedding": get("shared.weight")}
@@ -252,13 +243,13 @@ def params_from_hf(cfg: T5Config, tensors: Mapping[str, np.ndarray]) -> Params:
       else:
         for i in range(n):
           flat[f"{stack}/layers_{i}/{ours}"] = _from_hf(get(f"{stack}.block.{i}.{theirs}"), kind, shape)
-  return unflatten({name: np.ascontiguousarray(value) for name, value in flat.items()})
+  return hf_io.unflatten({name: np.ascontiguousarray(value) for name, value in flat.items()})
 
 
 def params_to_hf(cfg: T5Config, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """HF tensors (contiguous numpy, dtype of the params) from itjax params; UserError lists every mismatch."""
-  flat = flatten(nn.meta.unbox(dict(params)))
-  check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
+  flat = hf_io.flatten(nn.meta.unbox(dict(params)))
+  hf_io.check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
   flat = {name: np.asarray(value) for name, value in jax.device_get(flat).items()}
   out = {"shared.weight": flat["embedding"]}
   if not cfg.tie_embeddings:
@@ -286,8 +277,8 @@ def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[T5Config, Pa
   `shared.weight` is untied, as transformers does.
   """
   path = os.fspath(path)
-  cfg = config_from_hf(read_config(path), **overrides)
-  tensors = read_tensors(path)
+  cfg = config_from_hf(hf_io.read_config(path), **overrides)
+  tensors = hf_io.read_tensors(path)
   if cfg.tie_embeddings and "tie_embeddings" not in overrides and "lm_head.weight" in tensors:
     head = tensors["lm_head.weight"]
     if head.shape == (cfg.vocab_size, cfg.emb_dim) and not np.array_equal(head, tensors["shared.weight"]):
@@ -304,7 +295,7 @@ def save_hf_dir(cfg: T5Config, params: Mapping[str, Any], path: str | os.PathLik
   """
   if model_type not in MODEL_TYPES:
     raise UserError(f"a T5 model exports only as model_type t5, not {model_type!r}")
-  write_hf_dir(path, config_to_hf(cfg), params_to_hf(cfg, params), dtype, max_shard_bytes)
+  hf_io.write_hf_dir(path, config_to_hf(cfg), params_to_hf(cfg, params), dtype, max_shard_bytes)
 
 
 def module_names(cfg: T5Config) -> dict[str, str]:

@@ -18,6 +18,21 @@ def resolve_dtype(name: str):
     raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
 
 
+class Numerics:
+  """The jnp dtypes of a model config's `dtype` (compute) and `param_dtype` (storage) names."""
+
+  dtype: str
+  param_dtype: str
+
+  @property
+  def compute_dtype(self):
+    return resolve_dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return resolve_dtype(self.param_dtype)
+
+
 def dense_init(fan_in: int):
   """Normal(0, 1/sqrt(fan_in)): variance scaling that ignores the kernel's extra dims."""
   return nn.initializers.normal(fan_in ** -0.5)

@@ -20,14 +20,14 @@ import numpy as np
 
 from itjax.models import peft_hooks
 from itjax.models.decoder import remat_policy
-from itjax.models.layers import MlpBlock, RMSNorm, dense_init, resolve_dtype
+from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init
 from itjax.models.peft_hooks import PeftConfig
 
 _MLP_ACTIVATIONS = ("gelu", "relu", "silu")
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(Numerics):
   """Architecture and numerics of a T5 encoder-decoder."""
 
   vocab_size: int = 259
@@ -60,14 +60,6 @@ class T5Config:
     if self.mlp_activation not in _MLP_ACTIVATIONS:
       raise ValueError(f"unknown mlp_activation {self.mlp_activation!r}; expected one of {_MLP_ACTIVATIONS}")
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
-
-  @property
-  def compute_dtype(self):
-    return resolve_dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return resolve_dtype(self.param_dtype)
 
   @property
   def scales_decoder_outputs(self) -> bool:
