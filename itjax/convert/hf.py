@@ -57,8 +57,8 @@ def export_hf(checkpoint: str, hf_dir: str, model_type: str | None = None, dtype
     model_type = types[0]
   model_type = model_type or types[0]
   if model_type not in types:
-    raise UserError(f"{checkpoint} holds a {family.name} model; it exports as model_type {', '.join(types)}, not "
-                    f"{model_type!r}")
+    raise UserError(f"{checkpoint} holds a {family.name} model ({type(mdir.config).__name__}); it exports as "
+                    f"model_type {', '.join(types)}, not {model_type!r}")
   loaded = mdir.load(create_mesh(), logical_axis_rules())
   params, cfg = loaded.params, mdir.config
   if cfg.peft is not None:  # LoRA folds into the base (prefixes and adapters refuse: no weight to fold into)

@@ -92,8 +92,6 @@ class ModelDir:
   @classmethod
   def open(cls, path: str) -> ModelDir:
     """MODEL_DIR, MODEL_DIR/checkpoints or a step dir; UserError when none of these is there."""
-    if not os.path.exists(path):
-      raise UserError(f"{path}: no such itjax MODEL_DIR or checkpoint")
     root = find_model_dir(path)
     return cls(root=root, config=load_model_config(root), step_dir=step_dir_of(path), path=path)
 

@@ -8,7 +8,7 @@ a `Tokenizer` here gives exactly the same ids, texts and special ids as the voca
 - `SentencePieceTokenizer(path)` is `seqio.SentencePieceVocabulary(path)` (no extra ids): the model's own
   EOS / unk / BOS ids (-1 when the model has none, as sentencepiece reports them), but pad 0 whatever the model
   says, as seqio pads with 0.
-- `HFTokenizer(path)` is `itjax.models.vocabularies.HFTokenizerVocabulary(path)`: `encode` adds no special
+- `HFTokenizer(path)` is `itjax.data.hf_vocabulary.HFTokenizerVocabulary(path)`: `encode` adds no special
   tokens (seqio appends EOS itself) and `decode` skips special tokens and padding.
 
 `decode` follows seqio's `Vocabulary.decode`: ids >= vocab_size become unk (when there is one), everything

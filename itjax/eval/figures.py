@@ -28,14 +28,8 @@ def cluster_bars(summary: Mapping[str, dict], metric: str, checkpoints: Sequence
     xs = [i + k * width for i in range(len(labels))]
     ax.bar(xs, [v if v is not None else 0.0 for v in values[ck]], width, label=ck)
   ax.set_xticks([i + width * (len(checkpoints) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
-  ax.set_ylabel(f"{metric} (%)")
   ax.set_ylim(0, 100)
-  ax.legend()
-  ax.set_title(f"{metric} per cluster")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, ax, f"{metric} (%)", f"{metric} per cluster", path)
 
 
 def over_steps(summary: Mapping[str, dict], metric: str, checkpoints: Sequence[str], path: str) -> str | None:
@@ -49,9 +43,14 @@ def over_steps(summary: Mapping[str, dict], metric: str, checkpoints: Sequence[s
     ys = [s["overall"].get(metric, {}).get(ck) for _, ck in steps]
     ax.plot([n for n, _ in steps], [y if y is not None else float("nan") for y in ys], marker="o", label=set_name)
   ax.set_xlabel("training step")
-  ax.set_ylabel(f"{metric} (%)")
+  return _save(fig, ax, f"{metric} (%)", f"{metric} over training", path)
+
+
+def _save(fig, ax, ylabel: str, title: str, path: str) -> str:
+  """Labels, legend and title, then the PNG at `path` (the figure is closed)."""
+  ax.set_ylabel(ylabel)
   ax.legend()
-  ax.set_title(f"{metric} over training")
+  ax.set_title(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

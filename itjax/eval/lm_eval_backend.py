@@ -97,7 +97,7 @@ class ItjaxLM(LM):
       rules = rules if rules is not None else logical_axis_rules()
       mdir = ModelDir.open(pretrained)
       loaded = mdir.load(mesh, rules)
-      model, params = loaded.interface, loaded.params
+      model, params = loaded.interface.model, loaded.params
       if vocabulary is None:  # the tokenizer `itjax convert` / `itjax train` stored beside the checkpoints
         vocabulary = mdir.tokenizer_file
     elif model is None or params is None:

@@ -79,6 +79,7 @@ class Engine:
     self.mesh, self.rules = create_mesh(mesh_shape), logical_axis_rules()
     loaded = mdir.load(self.mesh, self.rules)
     self.iface, self.params = loaded.interface, loaded.params
+    self.model = self.iface.model
     self.vocab = load_tokenizer(mdir.tokenizer_file)  # the tokenizer it was trained or converted with
     self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
     self.context = self.cfg.max_decode_length

@@ -62,14 +62,11 @@ class MetricsWriter:
                     dynamic_ncols=True, mininterval=1.0)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    for k, v in metrics.items():
-      self.tb.add_scalar(k, v, step)
-    self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
-    self.jsonl.flush()
-    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics.get('tokens_per_s', 0):.0f}",
-                         refresh=False)
+    """The train metrics of `step` (and the progress bar's loss and tokens/s)."""
+    self.write_scalars(step, metrics)
+    if self.enabled:
+      self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics.get('tokens_per_s', 0):.0f}",
+                           refresh=False)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     """A record of other scalars (e.g. eval scores) for `step`, beside its train metrics."""

@@ -8,6 +8,7 @@ import numpy as np
 from itjax.data.vocab import REGISTERED
 from itjax.eval.rank import rank_classify
 from itjax.models.decoder import Decoder, DecoderConfig
+from itjax.models.interface import DecoderOnly
 from itjax.models.scoring import score_continuations
 
 VOCAB = REGISTERED
@@ -34,7 +35,7 @@ def test_rank_picks_the_option_the_model_prefers():
   model = PrefersBytes(liked)
   rows = [_row("Is it? ", ["no", "yes"], "yes"), _row("Really? ", ["yes", "no", "maybe"], "yes"),
           _row("No options", [], "x")]
-  out = rank_classify(model, {}, rows, VOCAB, batch_size=4)
+  out = rank_classify(DecoderOnly(model), {}, rows, VOCAB, batch_size=4)
   assert out[0]["option"] == "yes" and out[1]["option"] == "yes" and out[2] is None
   assert len(out[1]["loglik"]) == 3
 
@@ -42,7 +43,7 @@ def test_rank_picks_the_option_the_model_prefers():
 def test_length_normalization_differs_from_sum():
   # Every token except EOS is equally likely: the sum favours the shortest option, per-byte the longest.
   model = PrefersBytes((VOCAB.eos_id,))
-  out = rank_classify(model, {}, [_row("Q ", ["ab", "abcdefgh"], "ab")], VOCAB)
+  out = rank_classify(DecoderOnly(model), {}, [_row("Q ", ["ab", "abcdefgh"], "ab")], VOCAB)
   assert out[0]["option"] == "ab" and out[0]["option_norm"] == "abcdefgh"
 
 

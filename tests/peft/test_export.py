@@ -30,6 +30,10 @@ from itjax.peft.method import init_trainable  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = 1e-4
+# T5 with LoRA on every projection (noisy A and B of scale 0.2) carries larger activations through its gated-gelu
+# MLPs: with transformers 5.24 its fp32 logits (|logit| <= 4) differ from ours by up to 1.05e-4 (2.6e-5
+# relative; merged or not), measured at commit 0ced1ff too; the plain T5's parity (tests/models/test_t5.py) stays at 1e-4.
+T5_LORA_TOL = 2e-4
 DEC = DecoderConfig(vocab_size=96, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                     norm_eps=1e-5)
 T5C = T5Config(vocab_size=96, emb_dim=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=4, head_dim=8,
@@ -105,7 +109,7 @@ def test_lora_adapter_loads_in_peft_with_the_same_logits(tmp_path, case):
   assert n_lora == sum(1 for k in jax.tree_util.tree_leaves_with_path(trainable)
                        if str(k[0][-1].key).endswith("_lora_a")) * (2 if "scanned" in case else 1)
   diff = np.abs(_torch_logits(model, cfg) - ours).max()
-  assert diff < TOL, f"max |logit diff| {diff}"
+  assert diff < (T5_LORA_TOL if isinstance(cfg, T5Config) else TOL), f"max |logit diff| {diff}"
   # The same adapter merged into the base is a plain HF model with those logits.
   # Merging is exact up to fp32 rounding (x(W + sBA) vs xW + s(xB)A, amplified through the layers); the export
   # of the merged weights is then held to the parity tolerance.
@@ -113,7 +117,7 @@ def test_lora_adapter_loads_in_peft_with_the_same_logits(tmp_path, case):
   assert np.abs(merged - ours).max() < 1e-3
   save_merged_hf(with_peft(cfg, peft), combine(base, trainable), str(tmp_path / "merged"))
   diff = np.abs(_torch_logits(_load_hf(cfg, tmp_path / "merged"), cfg) - merged).max()
-  assert diff < TOL, f"merged: max |logit diff| {diff}"
+  assert diff < (T5_LORA_TOL if isinstance(cfg, T5Config) else TOL), f"merged: max |logit diff| {diff}"
 
 
 def test_lora_target_modules_in_adapter_config(tmp_path):

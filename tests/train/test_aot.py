@@ -11,8 +11,13 @@ from train_runs import TINY
 
 from itjax import config
 from itjax.cli import main
+from itjax.core import mesh as partitioning
+from itjax.core.trainable import trainable_for
 from itjax.errors import UserError
+from itjax.models.peft_hooks import with_peft
 from itjax.train import aot
+from itjax.train.optim import make_optimizer
+from itjax.train.settings import train_settings
 
 
 def _parse(*bindings: str) -> None:
@@ -31,16 +36,12 @@ def _sharded_bytes(tree) -> int:
   return total
 
 
-def _abstract_state():
-  from itjax.core import mesh as partitioning
-  from itjax.core.trainable import trainable_for
-  from itjax.train.optim import make_optimizer
-  from itjax.train.settings import train_settings
-
-  s = train_settings()
+def _abstract_state(peft: bool = True):
+  """The abstract train state of gin's model (without its PEFT method, unless `peft`)."""
+  cfg = train_settings().model_config
   optimizer, _ = make_optimizer()
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
-  return trainable_for(s.model_config).abstract_state(optimizer, mesh, rules)[0]
+  return trainable_for(cfg if peft else with_peft(cfg, None)).abstract_state(optimizer, mesh, rules)[0]
 
 
 @pytest.mark.parametrize("mesh_shape", ["(8, 1, 1)", "(2, 4, 1)", "(1, 4, 2)"])
@@ -133,3 +134,19 @@ def test_tpu_topology_compile_without_tpus():
   assert aot.compile_train_step(topology="v5e-16", per_device_hbm_gib=1e-4).fits is False
   assert os.environ.get("TPU_ACCELERATOR_TYPE") is None  # the metadata stand-ins are removed again
   np.testing.assert_equal(aot.parse_topology("v4-32").num_chips, 16)
+
+
+def test_compile_with_lora_measures_the_trainable_state_and_the_frozen_base(capsys):
+  """The PEFT step `itjax train` runs: LoRA variables and their optimizer state donated, the base read beside."""
+  _parse("train.peft=@lora()", "lora.rank=4", "lora.base_dtype='bfloat16'")
+  r = aot.compile_train_step()
+  full = _abstract_state(peft=False)  # the same model fully fine-tuned
+  assert 0 < r.params_bytes < r.frozen_bytes / 10
+  assert r.opt_state_bytes < sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(full.opt_state)) / 10
+  # The base is stored in bfloat16: half the bytes of the fp32 params of the full model, spread over 8 devices.
+  assert r.frozen_bytes * 2 == _sharded_bytes(full.params)
+  assert r.argument_bytes == r.params_bytes + r.opt_state_bytes + r.frozen_bytes + r.batch_bytes + 4
+  assert r.params_bytes + r.opt_state_bytes <= r.alias_bytes  # the trainable state is donated, the base is not
+  assert r.alias_bytes < r.params_bytes + r.opt_state_bytes + r.frozen_bytes
+  assert main(["compile", f"--gin_file={TINY}", "--gin.train.peft=@lora()"]) == 0
+  assert "frozen base (from shardings)" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from train_runs import TINY, assert_trees_equal, checkpoint_state, train
 
 from itjax import config
 from itjax.core.checkpoints import complete_steps
+from itjax.eval.training import TrainingEval
 from itjax.train import trainer
 from itjax.train.summaries import read_metrics
 
@@ -32,7 +33,7 @@ def test_periodic_eval_keeps_the_best_checkpoint(tmp_path):
   config.parse([TINY], [f"MODEL_DIR='{d}'", "TRAIN_STEPS=4", "CHECKPOINT_PERIOD=1",
                         "EVAL_MIXTURES={'held-out': 'proc_color_nli_zs_opt'}", "train.eval_period=2",
                         "checkpoint_settings.best_metric='held-out/rank_accuracy'", "checkpoint_settings.keep=1"])
-  assert trainer.train(evaluate_at_end=False)["step"] == 4
+  assert trainer.train(evaluator=TrainingEval, evaluate_at_end=False)["step"] == 4
   assert not (d / "eval" / "heldout").exists()
   for step in (2, 4):
     report = json.loads((d / "eval" / f"step_{step}" / "report.json").read_text())
@@ -65,7 +66,7 @@ def test_stream_counts_reach_the_metrics(reference, tmp_path):
   config.parse([TINY], [f"MODEL_DIR='{d}'", "TRAIN_STEPS=2", "EVAL_MIXTURES={'seen': 'proc_add_zs_noopt'}",
                         "stream_settings.dedup=True", "stream_settings.decontaminate=True",
                         "eval_settings.split='test'", "eval_settings.selection_split='validation'"])
-  assert trainer.train(evaluate_at_end=False)["step"] == 2
+  assert trainer.train(evaluator=TrainingEval, evaluate_at_end=False)["step"] == 2
   last = read_metrics(d)[2]
   assert last["data/decontaminated"] > 0 and last["data/dedup_examples"] > 0
   assert "data/dedup_dropped" not in last or last["data/dedup_dropped"] < last["data/dedup_examples"]
