@@ -20,8 +20,9 @@ from jax.sharding import Mesh
 
 from itjax.core.checkpoints import checkpoint_step_dir, read_metadata, step_dir_of
 from itjax.core.mesh import Rules
-from itjax.core.tokenizer import model_dir_tokenizer
+from itjax.core.tokenizer import Tokenizer, model_dir_tokenizer
 from itjax.core.trainable import Trainable, trainable_for
+from itjax.core.vocabulary import resolve_tokenizer
 from itjax.errors import UserError
 from itjax.models.families import family_named, family_of
 from itjax.models.family import Family
@@ -73,10 +74,12 @@ def load_model_config(path: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """A model ready to run: its interface (logits, generate, score) and params sharded on a mesh."""
+  """A model ready to run: its interface (logits, generate, score), params sharded on a mesh, and the tokenizer
+  in effect (gin's vocabulary.path, else the model dir's, else bytes)."""
 
   interface: Any
   params: Any
+  tokenizer: Tokenizer
   model_dir: ModelDir
 
 
@@ -116,6 +119,6 @@ class ModelDir:
     return trainable_for(self.config).from_meta(self.metadata(), self.require_step_dir())
 
   def load(self, mesh: Mesh, rules: Rules) -> LoadedModel:
-    """The interface and the checkpoint's full params, sharded on `mesh` by logical `rules`."""
+    """The interface, the checkpoint's full params sharded on `mesh` by logical `rules`, and the tokenizer."""
     params = self.trainable().load_params(self.require_step_dir(), mesh, rules)
-    return LoadedModel(self.family.interface(self.config), params, self)
+    return LoadedModel(self.family.interface(self.config), params, resolve_tokenizer(self.tokenizer_file), self)

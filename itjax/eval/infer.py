@@ -10,7 +10,6 @@ import jax
 
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
-from itjax.core.tokenizer import load_tokenizer
 from itjax.eval.predict import predict
 
 
@@ -19,9 +18,8 @@ def infer(*, inputs: Sequence[str], checkpoint_path: str = gin.REQUIRED, max_new
           batch_size: int = 16) -> list[str]:
   """Generates a continuation for each input (rendered as-is, then a newline, as templates end)."""
   mesh, rules = create_mesh(), logical_axis_rules()
-  mdir = ModelDir.open(checkpoint_path)
-  loaded = mdir.load(mesh, rules)
-  vocab = load_tokenizer(mdir.tokenizer_file)
+  loaded = ModelDir.open(checkpoint_path).load(mesh, rules)
+  vocab = loaded.tokenizer
   rows = [{"input_ids": list(vocab.encode(t.rstrip() + "\n"))} for t in inputs]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     return predict(loaded.interface, params=loaded.params, rows=rows, vocab=vocab, batch_size=batch_size,

@@ -23,7 +23,6 @@ import numpy as np
 
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
-from itjax.core.tokenizer import load_tokenizer
 from itjax.errors import UserError
 
 logger = logging.getLogger("itjax")
@@ -80,7 +79,7 @@ class Engine:
     loaded = mdir.load(self.mesh, self.rules)
     self.iface, self.params = loaded.interface, loaded.params
     self.model = self.iface.model
-    self.vocab = load_tokenizer(mdir.tokenizer_file)  # the tokenizer it was trained or converted with
+    self.vocab = loaded.tokenizer  # the tokenizer it was trained or converted with
     self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
     self.context = self.cfg.max_decode_length
     self.batches = 0  # decoding calls made (for tests and logs)
