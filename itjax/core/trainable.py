@@ -16,6 +16,7 @@ Every state is created directly sharded (never whole on one device).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -35,6 +36,7 @@ from itjax.errors import UserError
 from itjax.models.layers import resolve_dtype
 from itjax.models.peft_hooks import combine, split, with_peft
 
+log = logging.getLogger("itjax")
 BASE_META = "peft_base"  # checkpoint metadata key: {"checkpoint": abs path | None, "seed": int}
 
 
@@ -76,6 +78,11 @@ class Trainable:
     """(state, shardings): the trainable params and their optimizer state, initialized in place on the mesh."""
     shardings = tree_shardings(self.state_specs(optimizer), mesh, rules)
     return trees.init_sharded(lambda r: self._boxed_state(optimizer, r), shardings, mesh, rules, rng), shardings
+
+  @property
+  def uses_dropout(self) -> bool:
+    """Whether training steps draw dropout masks (the config's dropout_rate; LoRA's dropout under PEFT)."""
+    return getattr(self.cfg, "dropout_rate", 0.0) > 0
 
   def abstract_trainable(self, mesh: Mesh, rules: Rules) -> Any:
     return trees.abstract_sharded(self.trainable_fn, mesh, rules)[0]
@@ -141,6 +148,7 @@ class FullParams(Trainable):
     """Fine-tuning: the initial checkpoint's params and a fresh optimizer state; else the initialization."""
     if not initial_checkpoint:
       return state
+    log.info("fine-tuning from %s", initial_checkpoint)
     params = restore_params(initial_checkpoint, trees.sharded(state.params, shardings.params))
     return state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
 
@@ -156,6 +164,10 @@ class ParameterEfficient(Trainable):
 
   def trainable_fn(self, rng: jax.Array) -> Any:
     return split(trees.param_fn(self.cfg)(rng))[1]
+
+  @property
+  def uses_dropout(self) -> bool:
+    return super().uses_dropout or self.cfg.peft.lora_dropout > 0
 
   def _cast(self, x):
     return x.astype(self.base_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x

@@ -23,7 +23,6 @@ from itjax.core.trainable import Trainable, TrainState, trainable_for
 from itjax.errors import UserError
 from itjax.models.families import family_of
 from itjax.models.family import Family
-from itjax.peft.method import check_targets
 from itjax.train.optim import make_optimizer
 from itjax.train.settings import TrainSettings
 from itjax.train.step import jit_train_step
@@ -85,25 +84,18 @@ class Built:
                                                 self.frozen_abstract()))
 
 
-def _dropout_seed(settings: TrainSettings) -> int | None:
-  cfg = settings.model_config
-  on = getattr(cfg, "dropout_rate", 0.0) > 0 or (cfg.peft is not None and cfg.peft.lora_dropout > 0)
-  return settings.seed if on else None
-
-
 def _step_fn(settings, iface, trainable, optimizer, schedule, state_shardings, batch_sharding, frozen_abstract):
   frozen_shardings = jax.tree_util.tree_map(lambda x: x.sharding, frozen_abstract)
   return jit_train_step(iface, optimizer, schedule, state_shardings, batch_sharding, frozen_shardings,
                         objective=settings.objective, trainable=trainable,
-                        num_microbatches=settings.num_microbatches, dropout_seed=_dropout_seed(settings))
+                        num_microbatches=settings.num_microbatches,
+                        dropout_seed=settings.seed if trainable.uses_dropout else None)
 
 
 def build(settings: TrainSettings, devices: list | None = None) -> Built:
   """The run on `devices` (default: every device of this process group; `itjax compile`: a TPU topology's)."""
   cfg = settings.model_config
   family = family_of(cfg)
-  if cfg.peft is not None:
-    check_targets(cfg, cfg.peft)
   mesh = mesh_lib.create_mesh(devices=devices)
   rules = mesh_lib.logical_axis_rules()
   iface = family.interface(cfg)

@@ -24,6 +24,7 @@ import gin
 from itjax.errors import UserError
 from itjax.models.features import PACKERS
 from itjax.models.peft_hooks import PeftConfig
+from itjax.peft.method import check_peft
 from itjax.train.objectives.base import Objective
 from itjax.train.objectives.cross_entropy import CrossEntropy
 
@@ -154,9 +155,7 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
   """
   peft = peft if peft is not None else getattr(model_config, "peft", None)  # DecoderConfig.peft = @lora() too
   if peft is not None:
-    if not isinstance(peft, PeftConfig):
-      raise UserError(f"train.peft={peft!r}: expected @lora(), @prefix_tuning() or @adapters() (with the "
-                      "parentheses)")
+    check_peft(model_config, peft)  # a method whose LoRA targets exist in this model
     model_config = dataclasses.replace(model_config, peft=peft)
   return TrainSettings(
       model_dir=model_dir, mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,

@@ -196,8 +196,6 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
     else:
       start, start_batch = 0, 0
       state = b.trainable.start(state, shardings, b.optimizer, s.initial_checkpoint_path)
-      if s.initial_checkpoint_path and s.model_config.peft is None:
-        log.info("fine-tuning from %s", s.initial_checkpoint_path)
     data_shards = _resolve_data_shards(s.stream.data_shards, saved_shards, s.batch_size)
     frozen = b.load_frozen()
     if jax.process_index() == 0:
