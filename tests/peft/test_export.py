@@ -32,7 +32,8 @@ torch.set_num_threads(1)
 TOL = 1e-4
 # T5 with LoRA on every projection (noisy A and B of scale 0.2) carries larger activations through its gated-gelu
 # MLPs: with transformers 5.24 its fp32 logits (|logit| <= 4) differ from ours by up to 1.05e-4 (2.6e-5
-# relative; merged or not), measured at commit 0ced1ff too; the plain T5's parity (tests/models/test_t5.py) stays at 1e-4.
+# relative; merged or not), measured at commit 0ced1ff too; the plain T5's parity (tests/models/test_t5.py)
+# stays at 1e-4.
 T5_LORA_TOL = 2e-4
 DEC = DecoderConfig(vocab_size=96, emb_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                     norm_eps=1e-5)
