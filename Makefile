@@ -21,7 +21,7 @@ demo: $(BIN)/itjax
 	$(BIN)/itjax train --gin_file=gin_configs/examples/tiny_heldout.gin --model_dir=$(DEMO_DIR)
 
 test: $(BIN)/itjax
-	# Two workers per file group (module fixtures stay in one process): about 14 min on 2 cores vs 18 serially.
+	# Two workers per file group (module fixtures stay in one process): 14-20 min on 2 cores (2026-12), vs 18+ serially.
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses=2 --dist loadfile tests
 	$(BIN)/ruff check .
 
