@@ -16,6 +16,7 @@ import pytest
 import sentencepiece as spm
 import seqio
 import tokenizers
+from tokenizer_files import sentencepiece_model
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from itjax.core import tokenizer as tok_lib
@@ -32,13 +33,7 @@ TEXTS = ["", " ", "the lazy fox hums near old rivers", "Wizards, jazz & towers!"
 @pytest.fixture(scope="module")
 def sp_path(tmp_path_factory) -> str:
   """A tiny unigram SentencePiece model with T5's special ids (pad 0, eos 1, unk 2, no bos)."""
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES), model_writer=model, vocab_size=56,
-                                 model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                 character_coverage=1.0, minloglevel=2)
-  path = tmp_path_factory.mktemp("sp") / "spiece.model"
-  path.write_bytes(model.getvalue())
-  return str(path)
+  return sentencepiece_model(tmp_path_factory.mktemp("sp") / "spiece.model", SENTENCES, 56)
 
 
 @pytest.fixture(scope="module")

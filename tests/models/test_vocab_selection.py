@@ -1,15 +1,14 @@
 """Choosing the tokenizer: gin's vocabulary.path retokenizes registered tasks; model dirs carry theirs."""
 
-import io
 import os
 
 import gin
 import pytest
-import sentencepiece as spm
 import seqio
 import tokenizers
 import torch
 import transformers
+from tokenizer_files import sentencepiece_model
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import itjax_tasks.procedural  # noqa: F401
@@ -24,13 +23,7 @@ TEXTS = [f"add {i} and {i + 3} then answer with the sum of the numbers" for i in
 
 @pytest.fixture(scope="module")
 def sp_path(tmp_path_factory):
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_writer=model, vocab_size=40,
-                                 model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                 character_coverage=1.0, minloglevel=2)
-  path = tmp_path_factory.mktemp("sp") / "spiece.model"
-  path.write_bytes(model.getvalue())
-  return str(path)
+  return sentencepiece_model(tmp_path_factory.mktemp("sp") / "spiece.model", TEXTS, 40)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ running a seqio task, whose token ids must equal what the tokenizer library prod
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
@@ -14,6 +13,7 @@ import sentencepiece as spm
 import seqio
 import tensorflow as tf
 import tokenizers
+from tokenizer_files import sentencepiece_model
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from itjax.data.hf_vocabulary import HFTokenizerVocabulary
@@ -28,13 +28,7 @@ TEXTS = ["the lazy fox hums near old rivers", "Wizards, jazz & towers!", "unseen
 @pytest.fixture(scope="module")
 def sp_path(tmp_path_factory):
   """A tiny unigram SentencePiece model with T5's special ids (pad 0, eos 1, unk 2, no bos)."""
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES), model_writer=model, vocab_size=56,
-                                 model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                 character_coverage=1.0, minloglevel=2)
-  path = tmp_path_factory.mktemp("sp") / "tiny.model"
-  path.write_bytes(model.getvalue())
-  return str(path)
+  return sentencepiece_model(tmp_path_factory.mktemp("sp") / "tiny.model", SENTENCES, 56)
 
 
 @pytest.fixture(scope="module")
