@@ -32,7 +32,8 @@ from itjax.core.trainable import trainable_for  # noqa: E402
 from itjax.models.families import build_model  # noqa: E402
 from itjax.models.peft_hooks import split, with_peft  # noqa: E402
 from itjax.peft import adapters, lora, prefix_tuning  # noqa: E402
-from itjax.peft.method import abstract_params, count  # noqa: E402
+from itjax.peft.method import abstract_params  # noqa: E402
+from itjax.train.perf import count_params as count  # noqa: E402
 from itjax.train.step import train_step  # noqa: E402
 
 METHODS = {

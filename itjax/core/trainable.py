@@ -24,7 +24,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -222,7 +221,3 @@ def trainable_for(cfg: Any, *, initial_checkpoint: str | None = None, seed: int 
   base = {"checkpoint": os.path.abspath(initial_checkpoint) if initial_checkpoint else None, "seed": seed}
   return ParameterEfficient(cfg, base)
 
-
-def count(tree: Any) -> int:
-  """Number of scalars in a (possibly abstract) tree."""
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))

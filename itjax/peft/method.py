@@ -1,4 +1,4 @@
-"""What every PEFT method shares: validating a method against a model, and the trainable / frozen split.
+"""What every PEFT method shares: validating a method against a model, and its params' shapes.
 
 A PEFT model is the plain model whose config carries a `PeftConfig` (`with_peft`); its params are the
 base weights plus PEFT variables that `itjax.models.peft_hooks.is_peft_leaf` recognizes (`split`,
@@ -14,24 +14,17 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 
+from itjax.core import trees
+from itjax.core.trainable import trainable_for
 from itjax.errors import UserError
-from itjax.models.families import family_of
 from itjax.models.layers import resolve_dtype
-from itjax.models.peft_hooks import Params, PeftConfig, flatten, is_peft_leaf, split, unflatten, with_peft
+from itjax.models.peft_hooks import Params, PeftConfig, flatten, is_peft_leaf, unflatten, with_peft
 
 
 def trainable_mask(params: Any) -> Params:
   """A tree of bools like `params`: True on PEFT variables (e.g. for optax.masked)."""
   return unflatten({k: is_peft_leaf(k) for k in flatten(params)})
-
-
-def cast_base(base: Any, dtype: str) -> Any:
-  """Floating-point base weights cast to the storage dtype `dtype` (e.g. "bfloat16")."""
-  dt = resolve_dtype(dtype)
-  return jax.tree_util.tree_map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, base)
 
 
 def check_base_dtype(name: str, dtype: str) -> None:
@@ -44,7 +37,7 @@ def check_base_dtype(name: str, dtype: str) -> None:
 
 def abstract_params(cfg: Any) -> Params:
   """Boxed ShapeDtypeStructs (with logical axes) of a model's params, without allocating."""
-  return jax.eval_shape(lambda r: family_of(cfg).init(cfg, r), jax.random.key(0))
+  return trees.abstract_boxed(trees.param_fn(cfg))
 
 
 def lora_kernels(cfg: Any) -> list[str]:
@@ -73,11 +66,6 @@ def check_targets(cfg: Any, peft: PeftConfig) -> None:
                       f"param paths such as {kernels[0]!r}; kernel names: {', '.join(names)})")
 
 
-def count(tree: Any) -> int:
-  """Number of scalars in a params (or abstract params) tree."""
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(tree)))
-
-
 def init_trainable(cfg: Any, rng: jax.Array) -> Params:
   """Freshly initialized trainable PEFT variables of `cfg` (its base weights are never materialized)."""
-  return jax.jit(lambda r: split(nn.unbox(family_of(cfg).init(cfg, r)))[1])(rng)
+  return jax.jit(lambda r: nn.unbox(trainable_for(cfg).trainable_fn(r)))(rng)

@@ -218,7 +218,7 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
                 data_shards=data_shards, meta=b.trainable.checkpoint_meta(),
                 num_params=int(perf.count_params((state.params, frozen)) * b.interface.active_param_fraction),
                 peak_flops=s.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
-    step = _steps(s, b, state, frozen, batches, loop, ev, preempt, start)
+    step, state = _steps(s, b, state, frozen, batches, loop, ev, preempt, start)
     stream_stats.log()
     ckpt.wait()
     if c.best_metric:
@@ -229,24 +229,17 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
     ckpt.close()
 
   write_operative_config(model_dir)
-  if ev is not None and evaluate_at_end and not preempt.requested and step.number >= s.train_steps:
+  if ev is not None and evaluate_at_end and not preempt.requested and step >= s.train_steps:
     with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
       init = b.trainable.baseline_params(frozen.get("base"), shardings, b.mesh, b.rules, jax.random.key(s.seed))
-    ev.final({"init": init, f"step_{step.number}": b.trainable.full_params(step.state.params, frozen.get("base"))},
-             step.number)
-  return {"step": step.number, **loop.metrics}
-
-
-class _Stepped:
-  """Where the loop stopped: the step number and the state there."""
-
-  def __init__(self, number: int, state: Any):
-    self.number, self.state = number, state
+    ev.final({"init": init, f"step_{step}": b.trainable.full_params(state.params, frozen.get("base"))}, step)
+  return {"step": step, **loop.metrics}
 
 
 def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterator, loop: Loop,
-           ev: Evaluator | None, preempt: Preemption, start: int) -> _Stepped:
-  """Steps from `start` to train_steps (or a preemption), logging, evaluating and checkpointing on the way."""
+           ev: Evaluator | None, preempt: Preemption, start: int) -> tuple[int, Any]:
+  """Steps from `start` to train_steps (or a preemption), logging, evaluating and checkpointing on the way;
+  returns where it stopped (step, state)."""
   step = start
   best = bool(s.checkpoints.best_metric)
   with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
@@ -272,4 +265,4 @@ def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterat
       log.warning("SIGTERM: saving step %d and stopping", step)
     loop.log()
     loop.checkpoint(step, state, force=True)
-  return _Stepped(step, state)
+  return step, state
