@@ -50,6 +50,10 @@ class TaskInfo:
   has_options: bool
   eval_templates: int  # templates each eval example is rendered with (forward ones)
   chat: bool = False  # a chat task (`itjax.data.chat`): its examples carry the chat loss mask
+  # Names of `itjax.eval.metrics` metrics the evaluator computes for this task (beside the task's own seqio
+  # `metric_fns`); empty: the evaluator's defaults for the task's cluster.
+  metrics: tuple[str, ...] = ()
+  truncation: str = "keep_start"  # how over-long inputs are cut (`itjax.data.truncation`)
 
   @property
   def cluster(self) -> str:
