@@ -13,6 +13,25 @@ assistant turn. Static templates cannot branch on an empty `input`, so the
 source precomputes the input-dependent pieces (`input_block`, `input_clause`,
 ...), which are empty when there is no input.
 
+Answer options (rank classification; the task then also gets its `_zs_opt` variant, and every
+example carries its "options", a 1-D string list without padding):
+
+- `options_field="choices"`: each line's own list of at least 2 distinct non-empty strings;
+- `options=["positive", "negative"]`: one label set for the task;
+- `options="from_answers"`: the sorted distinct answers of the train split, when there are at
+  most `MAX_DERIVED_OPTIONS` (else a UserError: free-form answers are not labels).
+
+Options and answers are compared stripped of surrounding whitespace. An answer that is not among
+its options, or a bad options value, is an error naming `file:line` and the field (a counted skip,
+`answer_not_in_options` / `bad_options`, under `on_error="skip"`).
+
+Splits: `paths` maps split names to files, or, with `splits={"train": 0.9, "validation": 0.05,
+"test": 0.05}`, names the file(s) to slice: each line goes to the split its group's stable hash
+bucket falls in (`itjax.data.splits`: by `group_key`, a field, a callable or the "passage" rule for
+pre-templated prompts; `split_seed` picks another slicing). Counts (`num_input_examples`) respect
+the slicing; `source.reports[path].splits` has the lines per split. `itjax.data.pretemplated`
+registers one dataset's pre-templated files (one per template) as one task family.
+
 Validation runs eagerly, in Python, the first time a split is read (or counted):
 errors raised inside a `tf.data` generator would reach the user wrapped in a
 TensorFlow error, so by the time the generator runs the file is known good.
@@ -22,12 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import logging
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,7 +55,8 @@ import seqio
 import tensorflow as tf
 
 from itjax.data import chat
-from itjax.data.tasks import register_instruction_task
+from itjax.data import splits as splits_lib
+from itjax.data.tasks import TRAIN_SPLIT, register_instruction_task
 from itjax.data.templates import Template
 from itjax.errors import UserError
 
@@ -46,6 +67,7 @@ ON_ERROR = ("raise", "skip")
 DEFAULT_MAX_CHARS = 65_536
 END_OF_TEXT = "<|endoftext|>"
 CHUNK = 256  # rows per generator call
+TEMPLATE_ID = "template_id"  # pre-templated files (`itjax.data.pretemplated`): the template a line was rendered with
 
 # Derived fields: `prefix + input` when the example has an input, else "".
 INPUT_FIELDS = {
@@ -66,6 +88,14 @@ EMPTY_FIELD = "empty_field"
 BAD_ROLE = "bad_role"
 BAD_TURNS = "bad_turns"
 TOO_LONG = "too_long"
+BAD_OPTIONS = "bad_options"  # an options_field value that is not a list of >= 2 distinct non-empty strings
+NOT_AN_OPTION = "answer_not_in_options"
+BAD_GROUP_KEY = "bad_group_key"  # a group_key callable that failed (split slicing)
+
+# Answer options: `options=FROM_ANSWERS` takes the train split's distinct answers, when there are at most this many.
+FROM_ANSWERS = "from_answers"
+MAX_DERIVED_OPTIONS = 20
+TARGET_FIELDS = {"alpaca": "output", "dolly": "response", "prompt_completion": "completion"}
 
 ALPACA_TEMPLATE = Template(
     "Below is an instruction that describes a task{input_clause}. Write a response that appropriately completes the "
@@ -105,6 +135,7 @@ class Report:
   blank: int = 0  # whitespace-only lines: not examples, not errors
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
   first_error: dict[str, str] = dataclasses.field(default_factory=dict)  # reason -> first message
+  splits: dict[str, int] = dataclasses.field(default_factory=dict)  # sliced files (`splits=`): valid lines per split
 
   @property
   def num_skipped(self) -> int:
@@ -287,7 +318,14 @@ def _bad_unicode(obj: Any, path: str = "") -> tuple[str, str] | None:
   return None
 
 
-def _parse_line(raw: bytes, fmt: str, max_chars: int | None) -> dict[str, str] | Turn | list[Turn]:
+def _parse_object(obj: dict, fmt: str, max_chars: int | None) -> dict[str, str] | Turn | list[Turn]:
+  if fmt == "chat_turns":
+    return _turns(obj, max_chars)
+  return _PARSERS[fmt](obj, max_chars)
+
+
+def _load(raw: bytes) -> dict:
+  """The line's JSON object; bad UTF-8, invalid JSON or a non-object is a `_BadLine`."""
   try:
     raw.decode("utf-8")
     bad_bytes = None
@@ -310,9 +348,7 @@ def _parse_line(raw: bytes, fmt: str, max_chars: int | None) -> dict[str, str] |
       raise _BadLine(NOT_UTF8, field or None, what)
   if not isinstance(obj, dict):
     raise _BadLine(WRONG_TYPE, None, f"expected a JSON object, got {_type_name(obj)}")
-  if fmt == "chat_turns":
-    return _turns(obj, max_chars)
-  return _PARSERS[fmt](obj, max_chars)
+  return obj
 
 
 def _open(path: str):
@@ -337,9 +373,13 @@ def _check_options(fmt: str, on_error: str) -> None:
     raise UserError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
 
-def _scan(path: str, fmt: str, *, on_error: str, max_chars: int | None, report: Report | None = None
-          ) -> Iterator[Any]:
-  """Parsed examples of `path`; bad lines raise UserError or are counted in `report` (skip policy)."""
+def _scan(path: str, fmt: str, *, on_error: str, max_chars: int | None, report: Report | None = None,
+          check: Callable[[dict, Any], Any] | None = None) -> Iterator[Any]:
+  """Parsed examples of `path`; bad lines raise UserError or are counted in `report` (skip policy).
+
+  With `check`, yields `check(obj, example)` instead (the raw JSON object and its parse); a `_BadLine`
+  it raises is the line's error like any other.
+  """
   report = report if report is not None else Report(str(path), fmt)
   with _open(str(path)) as f:
     for lineno, raw in enumerate(f, start=1):
@@ -349,7 +389,10 @@ def _scan(path: str, fmt: str, *, on_error: str, max_chars: int | None, report: 
         report.blank += 1
         continue
       try:
-        ex = _parse_line(raw, fmt, max_chars)
+        obj = _load(raw)
+        ex = _parse_object(obj, fmt, max_chars)
+        if check is not None:
+          ex = check(obj, ex)
       except _BadLine as e:
         msg = e.located(str(path), lineno)
         if on_error == "raise":
@@ -398,21 +441,132 @@ def _log_skipped(report: Report) -> None:
     logger.warning("skipped bad lines (on_error='skip'): %s", report)
 
 
-# --- seqio source -----------------------------------------------------------------------------------------------------
-class JsonlSource(seqio.FunctionDataSource):
-  """JSONL files per split. Each file is validated in full on first use (read or count), outside the tf graph."""
+# --- answer options ---------------------------------------------------------------------------------------------------
+def label_set(options: Sequence[str], where: str) -> tuple[str, ...]:
+  """A task's answer options checked: at least 2 distinct non-empty strings, kept stripped."""
+  if isinstance(options, str | bytes) or not isinstance(options, Sequence):
+    raise UserError(f"{where}: expected a list of strings or {FROM_ANSWERS!r}, got {options!r}")
+  out = []
+  for o in options:
+    if not isinstance(o, str) or not o.strip():
+      raise UserError(f"{where}: options must be non-empty strings, got {o!r}")
+    if o.strip() in out:
+      raise UserError(f"{where}: duplicate option {o.strip()!r}")
+    out.append(o.strip())
+  if len(out) < 2:
+    raise UserError(f"{where}: rank classification needs at least 2 options, got {len(out)}")
+  return tuple(out)
 
-  def __init__(self, paths: Mapping[str, Sequence[str | os.PathLike] | str | os.PathLike], fmt: str, *,
-               on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS):
+
+def check_options(options: Sequence[str] | str | None, options_field: str | None, fmt: str, where: str
+                  ) -> tuple[str, ...] | str | None:
+  """The task-level options: a label set, `FROM_ANSWERS` or None; UserError for bad values or combinations."""
+  if options is not None and options_field is not None:
+    raise UserError(f"{where}: give options= (one label set) or options_field= (choices per line), not both")
+  if fmt == "chat" and (options is not None or options_field is not None):
+    raise UserError(f"{where}: answer options do not apply to chat tasks")
+  if options_field is not None and (not isinstance(options_field, str) or not options_field):
+    raise UserError(f"{where}: options_field must be a field name, got {options_field!r}")
+  if options is None or options == FROM_ANSWERS:
+    return options
+  if isinstance(options, str):
+    raise UserError(f"{where}: options={options!r}: expected a list of strings or {FROM_ANSWERS!r}")
+  return label_set(options, f"{where}: options")
+
+
+def _show(options: Sequence[str], n: int = 8) -> str:
+  head = ", ".join(repr(o) for o in options[:n])
+  return head + (f", ... ({len(options)} in all)" if len(options) > n else "")
+
+
+def _line_options(obj: Mapping, field: str) -> tuple[str, ...]:
+  """A line's own answer options (`options_field`): a list of at least 2 distinct non-empty strings, stripped."""
+  if field not in obj:
+    raise _BadLine(MISSING_FIELD, field, f"missing (fields present: {', '.join(sorted(obj)) or 'none'})")
+  raw = obj[field]
+  if not isinstance(raw, list):
+    raise _BadLine(WRONG_TYPE, field, f"expected a list of strings (the answer options), got {_type_name(raw)}")
+  out: list[str] = []
+  for i, o in enumerate(raw):
+    if not isinstance(o, str):
+      raise _BadLine(WRONG_TYPE, f"{field}[{i}]", f"expected a string, got {_type_name(o)}")
+    if not o.strip():
+      raise _BadLine(BAD_OPTIONS, f"{field}[{i}]", "empty option")
+    if o.strip() in out:
+      raise _BadLine(BAD_OPTIONS, field, f"duplicate option {o.strip()!r}")
+    out.append(o.strip())
+  if len(out) < 2:
+    raise _BadLine(BAD_OPTIONS, field, f"rank classification needs at least 2 options, got {len(out)}")
+  return tuple(out)
+
+
+def _check_answer(answer: str, options: Sequence[str], field: str | None, what: str) -> None:
+  if answer.strip() not in options:
+    raise _BadLine(NOT_AN_OPTION, field, f"answer {answer.strip()!r} is not {what} ({_show(options)})")
+
+
+# --- seqio source -----------------------------------------------------------------------------------------------------
+Files = Sequence[str | os.PathLike] | str | os.PathLike
+PathsArg = Mapping[str, Files] | Files  # split -> file(s); with `splits=`, the file(s) to slice
+
+
+def _file_list(files: Files) -> list[str]:
+  return [os.fspath(files)] if isinstance(files, str | os.PathLike) else [os.fspath(x) for x in files]
+
+
+def _split_paths(paths: PathsArg, splitter: splits_lib.Splitter | None) -> dict[str, list[str]]:
+  """split -> files; with a splitter every split reads the same files (each line goes to one of them)."""
+  if splitter is None:
+    if not isinstance(paths, Mapping):
+      raise UserError(f"JSONL paths: expected a mapping of split name to file(s), e.g. {{'train': 'data.jsonl'}}, "
+                      f"got {paths!r} (or give splits= to slice files into splits)")
+    out = {s: _file_list(p) for s, p in paths.items()}
+  else:
+    if isinstance(paths, Mapping):
+      if len(paths) != 1:
+        raise UserError(f"JSONL paths: with splits= give the file(s) to slice (a path, a list or a one-entry mapping), "
+                        f"not one entry per split ({', '.join(paths)})")
+      (paths,) = paths.values()
+    files = _file_list(paths)
+    out = {s: files for s in splitter.names}
+  for split, files in out.items():
+    if not files:
+      raise UserError(f"JSONL split {split!r} lists no files")
+  return out
+
+
+class JsonlSource(seqio.FunctionDataSource):
+  """JSONL files per split, or files sliced into splits by ratio (`splits`), optionally with answer options.
+
+  Each file is validated in full on first use (read or count), outside the tf graph. Examples carry the
+  template fields, "answer", "options" (this example's options, none when the task has none) and "split".
+  """
+
+  def __init__(self, paths: PathsArg, fmt: str, *, on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,
+               options: Sequence[str] | str | None = None, options_field: str | None = None,
+               splits: Mapping[str, float] | None = None, group_key: splits_lib.GroupKey = None, split_seed: int = 0):
     _check_options(fmt, on_error)
     self.fmt, self.on_error, self.max_chars = fmt, on_error, max_chars
-    self.paths = {s: [os.fspath(p)] if isinstance(p, str | os.PathLike) else [os.fspath(x) for x in p]
-                  for s, p in paths.items()}
-    for split, files in self.paths.items():
-      if not files:
-        raise UserError(f"JSONL split {split!r} lists no files")
+    self.options = check_options(options, options_field, fmt, "JSONL source")
+    self.options_field = options_field
+    self.splitter = splits_lib.Splitter(splits, split_seed) if splits is not None else None
+    if group_key is not None and self.splitter is None:
+      raise UserError("group_key: only applies when slicing files into splits (give splits= too)")
+    splits_lib.check_group_key(group_key)
+    self.group_key = group_key
+    self.paths = _split_paths(paths, self.splitter)
+    if self._uses_from_answers() and TRAIN_SPLIT not in self.paths:
+      raise UserError(f"options={FROM_ANSWERS!r} takes the options from the {TRAIN_SPLIT!r} split's answers; there is "
+                      f"no such split (splits: {', '.join(self.paths)})")
     self.reports: dict[str, Report] = {}  # path -> report, filled as files are validated
+    self._keyers: dict[str, splits_lib.Keyer] = {}
+    self._derived: dict[tuple[str, ...], tuple[str, ...]] = {}  # train files -> their distinct answers
     super().__init__(self._dataset_fn, splits=tuple(self.paths))
+
+  @property
+  def has_options(self) -> bool:
+    """Whether examples carry answer options (rank classification; the `_zs_opt` variant)."""
+    return self.options is not None or self.options_field is not None
 
   @property
   def skipped(self) -> dict[str, int]:
@@ -428,83 +582,221 @@ class JsonlSource(seqio.FunctionDataSource):
       raise UserError(f"no JSONL files for split {split!r} (splits: {', '.join(self.paths)})")
     return self.paths[split]
 
+  # Hooks for `itjax.data.pretemplated`: which options a file's lines get, and which files define derived ones.
+  def _option_spec(self, path: str) -> tuple[str, ...] | str | None:
+    del path
+    return self.options
+
+  def _uses_from_answers(self) -> bool:
+    return self.options == FROM_ANSWERS
+
+  def _derive_files(self, path: str) -> list[str]:
+    del path
+    return self._files(TRAIN_SPLIT)
+
+  def _template_id(self, path: str) -> int | None:
+    """The template a file's lines are rendered with (pre-templated files); None: templates are applied later."""
+    del path
+    return None
+
+  def _interleaved(self) -> bool:
+    """Whether a split's files are read in turns, one line each (templates of one dataset), not one after another."""
+    return False
+
+  def _keyer(self, path: str) -> splits_lib.Keyer | None:
+    """The file's group key function (None without slicing); the "passage" rule learns its template text first."""
+    if self.splitter is None:
+      return None
+    if path not in self._keyers:
+      sample: list[dict] = []
+      if splits_lib.needs_sample(self.group_key):
+        lines = _scan(path, self.fmt if self.fmt != "chat" else "chat_turns", on_error="skip",
+                      max_chars=self.max_chars, check=lambda obj, ex: obj)
+        sample = list(itertools.islice(lines, splits_lib.SAMPLE_ROWS))
+        lines.close()
+      self._keyers[path] = splits_lib.keyer(self.group_key, sample)
+    return self._keyers[path]
+
+  def _checker(self, path: str, options: tuple[str, ...] | None) -> Callable[[dict, Any], tuple[int, Any, tuple]]:
+    """(obj, example) -> (split index, example, options): the line's split and answer options, checked."""
+    keyer, splitter, field = self._keyer(path), self.splitter, self.options_field
+    target = TARGET_FIELDS.get(self.fmt)
+    what = ("one of the options taken from the train split's answers" if self._option_spec(path) == FROM_ANSWERS
+            else "one of the task's options")
+
+    def check(obj, ex):
+      index = 0
+      if keyer is not None:
+        try:
+          index = splitter.index(keyer(obj))
+        except splits_lib.GroupKeyError as e:
+          raise _BadLine(e.reason, e.field, e.message) from None
+      opts: tuple[str, ...] = ()
+      if field is not None:
+        opts = _line_options(obj, field)
+        _check_answer(ex["answer"], opts, field, "among this line's options")
+      elif options is not None:
+        opts = options
+        _check_answer(ex["answer"], opts, target, what)
+      return index, ex, opts
+
+    return check
+
+  def _parse_fmt(self) -> str:
+    return "chat_turns" if self.fmt == "chat" else self.fmt
+
+  def _split_index(self, split: str) -> int:
+    return self.splitter.names.index(split) if self.splitter is not None else 0
+
+  def options_of(self, path: str) -> tuple[str, ...] | None:
+    """The answer options every line of `path` gets (None: none, or each line's own `options_field`).
+
+    `FROM_ANSWERS` is resolved here: the sorted distinct (stripped) answers of the train split, read once;
+    more than `MAX_DERIVED_OPTIONS` of them (or fewer than 2) is a UserError.
+    """
+    spec = self._option_spec(path)
+    if spec != FROM_ANSWERS:
+      return spec
+    files = tuple(self._derive_files(path))
+    if files not in self._derived:
+      train = self._split_index(TRAIN_SPLIT)
+      answers: set[str] = set()
+      for f in files:
+        check = self._checker(f, None)
+        for index, ex, _ in _scan(f, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
+                                  report=Report(f, self.fmt), check=check):
+          if index == train:
+            answers.add(ex["answer"].strip())
+      where = f"{', '.join(files)}: options={FROM_ANSWERS!r}"
+      if len(answers) > MAX_DERIVED_OPTIONS:
+        raise UserError(f"{where}: the {TRAIN_SPLIT} split has {len(answers)} distinct answers, more than "
+                        f"{MAX_DERIVED_OPTIONS} (it is meant for class labels); give options=[...] or options_field=, "
+                        "or no options")
+      if len(answers) < 2:
+        raise UserError(f"{where}: the {TRAIN_SPLIT} split has {len(answers)} distinct answer(s); rank "
+                        "classification needs at least 2")
+      self._derived[files] = tuple(sorted(answers))
+    return self._derived[files]
+
   def validate_split(self, split: str) -> list[Report]:
     """Validates the split's files (once each): UserError on a bad line unless skipping."""
     for path in self._files(split):
       if path not in self.reports:
         report = Report(path, self.fmt)
-        for _ in _scan(path, self.fmt, on_error=self.on_error, max_chars=self.max_chars, report=report):
-          pass
+        counts = [0] * (len(self.splitter.names) if self.splitter is not None else 1)
+        check = self._checker(path, self.options_of(path))
+        for index, _, _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
+                                 report=report, check=check):
+          counts[index] += 1
+        if self.splitter is not None:
+          report.splits = dict(zip(self.splitter.names, counts, strict=True))
         self.reports[path] = report
         _log_skipped(report)
     return [self.reports[p] for p in self._files(split)]
 
   def num_input_examples(self, split: str) -> int:
-    return sum(r.valid for r in self.validate_split(split))
+    reports = self.validate_split(split)
+    if self.splitter is not None:
+      return sum(r.splits[split] for r in reports)
+    return sum(r.valid for r in reports)
 
   def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     self.validate_split(split)  # eagerly: a UserError here reaches the user unwrapped
     files = list(self._files(split))
-    if shuffle_files:
+    if shuffle_files and not self._interleaved():
       random.Random(seed).shuffle(files)
-    fmt, on_error, max_chars = self.fmt, self.on_error, self.max_chars
-    if fmt == "chat":  # structured turns for chat tasks (itjax.data.chat), not template fields
-      fmt, names = "chat_turns", ("answer", chat.ROLES, chat.TEXTS)
+    fmt, on_error, max_chars, want = self._parse_fmt(), self.on_error, self.max_chars, self._split_index(split)
+    checks = {p: self._checker(p, self.options_of(p)) for p in files}
+    template_ids = {p: self._template_id(p) for p in files}
+    with_ids = any(t is not None for t in template_ids.values())
+    if fmt == "chat_turns":  # structured turns for chat tasks (itjax.data.chat), not template fields
+      names = ("answer", chat.ROLES, chat.TEXTS)
     else:
       names = (*FIELDS, "answer")
 
-    def row(ex):
-      if fmt != "chat_turns":
-        return ex
-      return {"answer": ex[-1].content, chat.ROLES: [t.role for t in ex], chat.TEXTS: [t.content for t in ex]}
+    def row(ex, opts, path):
+      if fmt == "chat_turns":
+        out = {"answer": ex[-1].content, chat.ROLES: [t.role for t in ex], chat.TEXTS: [t.content for t in ex]}
+      else:
+        out = dict(ex)
+      out["options"] = list(opts)
+      if with_ids:
+        out[TEMPLATE_ID] = template_ids[path]
+      return out
 
-    def chunks():  # columns of CHUNK rows: from_generator costs per element, so amortize it
-      cols = {k: [] for k in names}
-      for path in files:
-        try:
-          for ex in _scan(path, fmt, on_error=on_error, max_chars=max_chars):
-            for k, v in row(ex).items():
-              cols[k].append(v)
-            if len(cols["answer"]) == CHUNK:
-              yield cols
-              cols = {k: [] for k in names}
-        except UserError as e:  # validated above, so the file changed since
-          raise UserError(f"{e} (the file changed after it was validated)") from None
-      if cols["answer"]:
-        yield cols
+    def lines(path):  # the rows of `path` in this split
+      try:
+        for index, ex, opts in _scan(path, fmt, on_error=on_error, max_chars=max_chars, check=checks[path]):
+          if index == want:
+            yield row(ex, opts, path)
+      except UserError as e:  # validated above, so the file changed since
+        raise UserError(f"{e} (the file changed after it was validated)") from None
 
-    def columns():  # + "options": no answer options, shaped [rows, 0] so that unbatch gives [None] like other sources
-      for cols in chunks():
+    def rows():
+      if not self._interleaved():
+        for path in files:
+          yield from lines(path)
+        return
+      active = [lines(p) for p in files]  # in turns: line i of every file, then line i + 1
+      while active:
+        left = []
+        for it in active:
+          r = next(it, None)
+          if r is not None:
+            yield r
+            left.append(it)
+        active = left
+
+    keys = (*names, "options", *([TEMPLATE_ID] if with_ids else []))
+
+    def columns():  # columns of CHUNK rows: from_generator costs per element, so amortize it
+      it = rows()
+      while chunk := list(itertools.islice(it, CHUNK)):
+        cols = {k: [r[k] for r in chunk] for k in keys}
         if fmt == "chat_turns":  # turns padded with "" to the chunk's longest conversation
           width = max(len(t) for t in cols[chat.ROLES])
           for k in (chat.ROLES, chat.TEXTS):
             cols[k] = [t + [""] * (width - len(t)) for t in cols[k]]
-        yield {**cols, "options": np.empty((len(cols["answer"]), 0), np.bytes_)}
+        # Options padded with "" to the chunk's most (no option is empty; the padding is dropped after unbatch).
+        width = max(len(o) for o in cols["options"])
+        cols["options"] = ([o + [""] * (width - len(o)) for o in cols["options"]] if width
+                           else np.empty((len(chunk), 0), np.bytes_))
+        yield cols
 
     spec = {k: tf.TensorSpec([None], tf.string) for k in names}
     if fmt == "chat_turns":
       spec[chat.ROLES] = spec[chat.TEXTS] = tf.TensorSpec([None, None], tf.string)
     spec["options"] = tf.TensorSpec([None, None], tf.string)
+    if with_ids:
+      spec[TEMPLATE_ID] = tf.TensorSpec([None], tf.int32)
     ds = tf.data.Dataset.from_generator(columns, output_signature=spec).unbatch()
-    return ds.map(lambda ex: {**ex, "split": tf.constant(split)})
+    return ds.map(lambda ex: {**ex, "options": tf.boolean_mask(ex["options"], tf.strings.length(ex["options"]) > 0),
+                              "split": tf.constant(split)})
 
 
-def jsonl_source(paths: Mapping[str, Sequence[str | os.PathLike] | str | os.PathLike], fmt: str, *,
-                 on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS) -> JsonlSource:
-  """A seqio source over JSONL files per split; registration reads nothing, the first use validates."""
-  return JsonlSource(paths, fmt, on_error=on_error, max_chars=max_chars)
+def jsonl_source(paths: PathsArg, fmt: str, *, on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,
+                 options: Sequence[str] | str | None = None, options_field: str | None = None,
+                 splits: Mapping[str, float] | None = None, group_key: splits_lib.GroupKey = None,
+                 split_seed: int = 0) -> JsonlSource:
+  """A seqio source over JSONL files per split (or files sliced by `splits`); registration reads nothing, the first
+  use validates. See the module docstring for `options`, `options_field`, `splits` and `group_key`."""
+  return JsonlSource(paths, fmt, on_error=on_error, max_chars=max_chars, options=options, options_field=options_field,
+                     splits=splits, group_key=group_key, split_seed=split_seed)
 
 
-def register_jsonl_task(name: str, paths: Mapping[str, Sequence[str | os.PathLike] | str | os.PathLike], fmt: str, *,
-                        cluster: str | Sequence[str] = "instruction", templates: Sequence[Template] | None = None,
-                        on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,
-                        **kwargs: Any) -> list[str]:
-  """Registers `<name>_zs_noopt` over JSONL files (default templates per format); returns the task names.
+def register_jsonl_task(name: str, paths: PathsArg, fmt: str, *, cluster: str | Sequence[str] = "instruction",
+                        templates: Sequence[Template] | None = None, on_error: str = "raise",
+                        max_chars: int | None = DEFAULT_MAX_CHARS, options: Sequence[str] | str | None = None,
+                        options_field: str | None = None, splits: Mapping[str, float] | None = None,
+                        group_key: splits_lib.GroupKey = None, split_seed: int = 0, **kwargs: Any) -> list[str]:
+  """Registers `<name>_zs_noopt` (and `<name>_zs_opt` with answer options) over JSONL files; returns the task names.
 
-  `kwargs` go to `register_instruction_task` (vocabulary, metric_fns, shuffle_buffer_size). Chat
-  files become chat tasks (`itjax.data.chat`: loss on every assistant turn), which take no templates.
+  Templates default per format. `kwargs` go to `register_instruction_task` (vocabulary, metric_fns,
+  shuffle_buffer_size, num_shots, truncation, metrics). Chat files become chat tasks (`itjax.data.chat`: loss on
+  every assistant turn), which take no templates and no options.
   """
-  source = jsonl_source(paths, fmt, on_error=on_error, max_chars=max_chars)
+  source = jsonl_source(paths, fmt, on_error=on_error, max_chars=max_chars, options=options,
+                        options_field=options_field, splits=splits, group_key=group_key, split_seed=split_seed)
   if fmt == "chat":
     if templates is not None:
       raise UserError(f"JSONL task {name!r}: chat tasks render their turns with role labels; templates do not apply "
@@ -514,4 +806,4 @@ def register_jsonl_task(name: str, paths: Mapping[str, Sequence[str | os.PathLik
       raise UserError(f"JSONL task {name!r}: chat tasks take no {', '.join(sorted(unknown))}")
     return chat.register_chat_task(name, cluster, source, **kwargs)
   return register_instruction_task(name, cluster, source, templates or DEFAULT_TEMPLATES[fmt], fields=FIELDS,
-                                   has_options=False, **kwargs)
+                                   has_options=source.has_options, **kwargs)

@@ -24,7 +24,9 @@ and is counted per example: `inputs_truncated`, `targets_truncated` of `examples
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -35,15 +37,23 @@ import tensorflow as tf  # noqa: E402
 
 from itjax.data import chat  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
+from itjax.data import truncation as trunc  # noqa: E402
 from itjax.data.feature_converters import check_packer, converter_for  # noqa: E402
 from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
-from itjax.data.tasks import UNTRIMMED, task_info  # noqa: E402
+from itjax.data.tasks import TRAIN_SPLIT, UNTRIMMED, task_info  # noqa: E402
 from itjax.data.vocab import with_vocabulary  # noqa: E402
 from itjax.models.features import PREFIX_LM_LAYOUT, FeatureLayout  # noqa: E402
 
+log = logging.getLogger("itjax")
 TEXT_FEATURES = ("inputs_pretokenized", "targets_pretokenized")
+# Examples held in all the tasks' shuffle buffers together. seqio repeats a task before shuffling it,
+# so a buffer fills completely before the task yields its first example, and every task's buffer
+# fills at start-up: with a budget, start-up no longer grows with the task count (1,000 tasks x
+# 10,000 examples would be 10M examples preprocessed before the first step).
+SHUFFLE_BUDGET = 65_536
+MIN_SHUFFLE_BUFFER = 16
 CHAT_COUNTS = (chat.TURNS_DROPPED, chat.TOKENS_CUT)
 
 
@@ -66,9 +76,20 @@ def _is_chat(task: seqio.Task) -> bool:
   return info is not None and info.chat
 
 
+def shuffle_buffer(task: seqio.Task, num_tasks: int, budget: int = SHUFFLE_BUDGET) -> int | None:
+  """The task's shuffle buffer in a stream of `num_tasks`: its own, at most one epoch of its training
+  examples (a larger buffer only mixes repeated epochs) and at most its share of `budget`."""
+  own = task.shuffle_buffer_size
+  if own is None:
+    return None
+  size = min(own, max(MIN_SHUFFLE_BUFFER, budget // max(num_tasks, 1)))
+  n = task.source.num_input_examples(TRAIN_SPLIT) if TRAIN_SPLIT in task.splits else None
+  return max(1, min(size, n)) if n else size
+
+
 def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
                  use_cached: bool, keep_text: bool, with_mask: bool, dedup: bool,
-                 stats: StreamStats) -> tf.data.Dataset:
+                 stats: StreamStats, buffer: int | None) -> tf.data.Dataset:
   """One task's infinite, shuffled training examples: inputs, targets [, LOSS_MASK] [, texts]."""
   is_chat = _is_chat(task)
   keep = ("inputs", "targets", *UNTRIMMED.values()) + ((chat.LOSS_MASK, *CHAT_COUNTS) if is_chat else ()) + (
@@ -77,8 +98,8 @@ def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, sha
     ds = dedup_lib.deduplicated(task, lengths, keep=(*keep, *TEXT_FEATURES), seed=seed, shard_info=shard_info,
                                 use_cached=use_cached, stats=stats)
   else:
-    ds = task.get_dataset(lengths, split="train", shuffle=True, num_epochs=None, seed=seed, use_cached=use_cached,
-                          shard_info=shard_info)
+    ds = task.get_dataset(lengths, split=TRAIN_SPLIT, shuffle=True, num_epochs=None, seed=seed,
+                          use_cached=use_cached, shard_info=shard_info, shuffle_buffer_size=buffer)
   ds = stats.counted(ds, functools.partial(_counts, lengths=lengths, is_chat=is_chat))
 
   def select(ex):
@@ -95,12 +116,15 @@ def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, sha
 def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], *, seed: int,
                    shard_index: int = 0, num_shards: int = 1, use_cached: bool = False, keep_text: bool = False,
                    dedup: bool = False, stats: StreamStats | None = None,
-                   vocabulary: seqio.Vocabulary | None = None) -> tf.data.Dataset:
+                   vocabulary: seqio.Vocabulary | None = None, truncation: str = trunc.KEEP_START,
+                   shuffle_budget: int = SHUFFLE_BUDGET) -> tf.data.Dataset:
   """The mixed, infinite training examples (token ids, before feature conversion) of this host's shard.
 
-  Without chat tasks and dedup this is `seqio.get_mixture_or_task(name).get_dataset(...)` example for
+  Without chat tasks and dedup, and with the tasks' shuffle buffers within `shuffle_budget`
+  (`shuffle_buffer`), this is `seqio.get_mixture_or_task(name).get_dataset(...)` example for
   example; chat tasks add LOSS_MASK to every example, `keep_text` the pretokenized texts. Every task
-  is tokenized with `vocabulary` (default: as registered).
+  is tokenized with `vocabulary` (default: as registered) and cut by its truncation policy
+  (`truncation` for tasks that registered none).
   """
   provider = require_task(mixture_or_task_name)
   stats = stats if stats is not None else StreamStats()
@@ -108,9 +132,13 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   tasks = [provider] if isinstance(provider, seqio.Task) else [t for t in provider.tasks if "train" in t.splits]
   stats.add_tasks(tasks)
   with_mask = any(_is_chat(t) for t in tasks)
-  read = [t if vocabulary is None else with_vocabulary(t, vocabulary) for t in tasks]
-  streams = [_task_stream(t, dict(task_feature_lengths), seed=seed, shard_info=shard_info, use_cached=use_cached,
-                          keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats) for t in read]
+  read = [trunc.with_default(t if vocabulary is None else with_vocabulary(t, vocabulary), truncation) for t in tasks]
+  streams, progress = [], _Progress()
+  for i, t in enumerate(read):
+    streams.append(_task_stream(t, dict(task_feature_lengths), seed=seed, shard_info=shard_info,
+                                use_cached=use_cached, keep_text=keep_text, with_mask=with_mask, dedup=dedup,
+                                stats=stats, buffer=shuffle_buffer(t, len(read), shuffle_budget)))
+    progress(i + 1, len(read))
   if isinstance(provider, seqio.Task):
     return streams[0]
   # seqio's sampler (Mixture.get_dataset calls the same attribute) with the mixture's rates and our seed.
@@ -122,7 +150,7 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
                   start_batch: int = 0, use_cached: bool = False,
                   decontaminate: NgramIndex | None = None, layout: FeatureLayout = PREFIX_LM_LAYOUT,
                   packer: str = "best_fit", dedup: bool = False, stats: StreamStats | None = None,
-                  vocabulary: seqio.Vocabulary | None = None) -> tf.data.Dataset:
+                  vocabulary: seqio.Vocabulary | None = None, truncation: str = trunc.KEEP_START) -> tf.data.Dataset:
   """This host's infinite stream of [batch_size, length] batches of a model's features (`layout`, from its
   interface: decoder-only PrefixLM rows by default), from batch `start_batch` on.
 
@@ -138,7 +166,7 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   ds = train_examples(mixture_or_task_name, layout.task_lengths(lengths), seed=seed,
                       shard_index=shard_index, num_shards=num_shards,
                       use_cached=use_cached, keep_text=decontaminate is not None, dedup=dedup, stats=stats,
-                      vocabulary=vocabulary)
+                      vocabulary=vocabulary, truncation=truncation)
   if decontaminate is not None:
     def clean(ex):
       # The untruncated texts (as `quality.scan` reads them); decoding token ids would stop at a chat's first EOS.
@@ -157,5 +185,22 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   return ds.with_options(options).skip(start_batch).prefetch(4)
 
 
-def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  return ds.as_numpy_iterator()
+def numpy_batches(ds: tf.data.Dataset, stats: StreamStats | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The batches as numpy; each one delivered adds its examples to `stats.examples_trained`."""
+  for batch in ds.as_numpy_iterator():
+    if stats is not None:
+      stats.delivered(batch)
+    yield batch
+
+
+class _Progress:
+  """Logs how many task streams are built, at most every `every` seconds (start-up of large mixtures)."""
+
+  def __init__(self, every: float = 10.0):
+    self.every, self.start, self.last = every, time.monotonic(), time.monotonic()
+
+  def __call__(self, done: int, total: int) -> None:
+    now = time.monotonic()
+    if total > 1 and (now - self.last >= self.every or (done == total and now - self.start >= self.every)):
+      self.last = now
+      log.info("building the training stream: %d of %d tasks (%.0f s)", done, total, now - self.start)

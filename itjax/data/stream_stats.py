@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -28,7 +29,8 @@ log = logging.getLogger("itjax")
 
 # In-graph counters and what they count.
 GRAPH_COUNTERS = {
-    "examples": "examples read from the tasks (after dedup; before decontamination and packing)",
+    "examples": "examples read from the tasks (after dedup; before decontamination and packing; tf.data reads "
+                "ahead, so this includes prefetched examples not yet trained on: see examples_trained)",
     "inputs_truncated": "examples whose inputs were cut to the inputs length",
     "targets_truncated": "examples whose targets were cut to the targets length (EOS kept)",
     "decontaminated": "examples dropped for sharing an n-gram with eval data",
@@ -39,6 +41,10 @@ GRAPH_COUNTERS = {
     "enc_dec_turn_examples": "extra encoder-decoder examples, one per earlier assistant turn",
     "enc_dec_turn_tokens_cut": "tokens trimmed from those turns' targets",
 }
+
+# Packed rows number their examples 1..k (so a row's maximum is its count); unpacked rows are one example each.
+TRAINED_SEGMENTS = ("decoder_segment_ids", "encoder_segment_ids")
+TRAINED_WEIGHTS = "decoder_loss_weights"
 
 
 @dataclasses.dataclass
@@ -58,6 +64,7 @@ class StreamStats:
     self.dedup: dict[str, DedupCounts] = {}
     self.packing = PackingStats()
     self.tasks: list[seqio.Task] = []  # the streamed tasks, whose source-skip counters the summary reads
+    self.examples_trained = 0  # examples in the batches delivered to training (`delivered`)
     self.add_tasks(tasks)
 
   def add_tasks(self, tasks: Iterable[seqio.Task]) -> None:
@@ -78,8 +85,17 @@ class StreamStats:
 
     return ds.map(count, num_parallel_calls=tf.data.AUTOTUNE)
 
+  def delivered(self, batch: Mapping[str, np.ndarray]) -> None:
+    """Counts the examples of a batch handed to training: segments of packed rows, else rows with a target."""
+    segments = next((batch[k] for k in TRAINED_SEGMENTS if k in batch), None)
+    if segments is not None:
+      self.examples_trained += int(segments.max(axis=-1).sum())
+    else:
+      self.examples_trained += int((np.asarray(batch[TRAINED_WEIGHTS]) > 0).any(axis=-1).sum())
+
   def as_dict(self) -> dict:
     out: dict = {k: int(v.numpy()) for k, v in self._vars.items()}
+    out["examples_trained"] = self.examples_trained
     out["dedup_examples"] = sum(c.examples for c in self.dedup.values())
     out["dedup_dropped"] = sum(c.dropped for c in self.dedup.values())
     out["dedup_per_task"] = {t: dataclasses.asdict(c) for t, c in sorted(self.dedup.items())}
@@ -93,7 +109,8 @@ class StreamStats:
   def scalars(self) -> dict[str, float]:
     """The nonzero counts and the packing efficiency as `data/...` scalars (for metrics.jsonl / TensorBoard)."""
     d = self.as_dict()
-    out = {f"data/{k}": float(d[k]) for k in (*GRAPH_COUNTERS, "dedup_examples", "dedup_dropped") if d[k]}
+    out = {f"data/{k}": float(d[k]) for k in (*GRAPH_COUNTERS, "examples_trained", "dedup_examples",
+                                               "dedup_dropped") if d[k]}
     if d["source_skipped"]:
       out["data/source_skipped"] = float(skips.total(d["source_skipped"]))
     if self.packing.rows:
@@ -103,7 +120,7 @@ class StreamStats:
   def summary(self) -> str:
     """One line of the nonzero counts."""
     d = self.as_dict()
-    parts = [f"{k}={d[k]:,}" for k in GRAPH_COUNTERS if d[k]]
+    parts = [f"{k}={d[k]:,}" for k in ("examples_trained", *GRAPH_COUNTERS) if d[k]]
     if self.dedup:
       parts.append(f"dedup_dropped={d['dedup_dropped']:,} of {d['dedup_examples']:,}")
     if d["source_skipped"]:

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
+from itjax.data import truncation as trunc
 from itjax.data.registry import require_task
 from itjax.data.skips import SkipCounts
 from itjax.data.vocab import REGISTERED
+from itjax.errors import UserError
 
 TRAIN_SPLIT = "train"
 EXEMPLAR_SEED = 4321
@@ -53,7 +55,7 @@ class TaskInfo:
   # Names of `itjax.eval.metrics` metrics the evaluator computes for this task (beside the task's own seqio
   # `metric_fns`); empty: the evaluator's defaults for the task's cluster.
   metrics: tuple[str, ...] = ()
-  truncation: str = "keep_start"  # how over-long inputs are cut (`itjax.data.truncation`)
+  truncation: str | None = None  # how over-long inputs are cut (`itjax.data.truncation`); None: the run's default
 
   @property
   def cluster(self) -> str:
@@ -94,61 +96,123 @@ def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seq
 def record_untrimmed_lengths(ds: tf.data.Dataset) -> tf.data.Dataset:
   """Notes each tokenized example's lengths before any trimming (the seqio preprocessor before the trims).
 
-  The truncation policy itself is seqio's: inputs keep their first `inputs` tokens (few-shot inputs
-  lose their oldest exemplar tokens from the left instead), targets their first `targets - 1` and
-  the EOS. `itjax.data.pipeline` counts, per example, which of the two were cut.
+  Inputs are then cut by the task's policy (`itjax.data.truncation`), targets keep their first
+  `targets - 1` tokens and the EOS (seqio). `itjax.data.pipeline` counts, per example, which of the two were cut.
   """
   return ds.map(lambda ex: {**ex, UNTRIMMED["inputs"]: tf.size(ex["inputs"]),
                             UNTRIMMED["targets"]: tf.size(ex["targets"]) + 1},
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
-                    dataset: str, cluster: str, exemplars=None, num_shots: int = 0) -> tf.data.Dataset:
-  """Renders examples: one template each on train, every template on eval splits.
+def _render_one(template: tmpl.Template, ex: Mapping[str, tf.Tensor], variant: str, index: int,
+                field: str | None) -> dict[str, tf.Tensor]:
+  """One template's rendering of `ex`; with `field`, also the prompt's pieces around it (`trunc.PIECES`)."""
+  inputs, targets = tmpl.render(template, ex, variant)
+  row = {"inputs": inputs, "targets": targets, "answer": ex["answer"], "options": ex["options"],
+         "template_id": tf.constant(index, tf.int32)}
+  if field is None:
+    return row
+  if field in template.fields() and field in ex:
+    # Render with a sentinel in place of the field and split around it; usable only when the pieces
+    # joined with the field give back the prompt exactly (stripping may differ at the edges).
+    marked, _ = tmpl.render(template, {**ex, field: tf.constant(_SENTINEL)}, variant)
+    parts = tf.strings.split(marked, _SENTINEL)
+    ok = tf.equal(tf.size(parts), 2)
+    before = tf.cond(ok, lambda: parts[0], lambda: inputs)
+    after = tf.cond(ok, lambda: parts[-1], lambda: tf.constant(""))
+    ok = ok & tf.equal(tf.strings.join([before, ex[field], after]), inputs)
+    value = tf.where(ok, ex[field], "")
+    before = tf.where(ok, before, inputs)
+    after = tf.where(ok, after, "")
+  else:
+    before, value, after = inputs, tf.constant(""), tf.constant("")
+  return {**row, **dict(zip(trunc.PIECES, (before, value, after), strict=True))}
 
-  Few-shot variants zip each example with `num_shots + 1` candidate exemplars
-  from `exemplars()` (the train split, shuffled and repeated).
+
+_SENTINEL = "\x00"
+
+
+@functools.cache
+def _zero_shot_renderer(templates: tuple[tmpl.Template, ...], variant: str, field: str | None):
+  """The rendering of a zero-shot variant as one traced function, shared by every task with these templates.
+
+  Mixtures of hundreds of tasks trace their graphs once per template set instead of once per task
+  (tracing dominates start-up); the task's own constants are added outside it.
   """
-  if tmpl.is_few_shot(variant):
-    pool = exemplars().padded_batch(num_shots + 1, drop_remainder=True)
-    ds = tf.data.Dataset.zip(ds, pool).map(lambda ex, shots: {**ex, SHOTS: shots})
-
-  def render_one(ex, i):
-    base = {k: v for k, v in ex.items() if k != SHOTS}
-    if SHOTS in ex:
-      inputs, targets = tmpl.with_exemplars(templates[i], base, ex[SHOTS], variant)
-    else:
-      inputs, targets = tmpl.render(templates[i], base, variant)
-    return {
-        "inputs": inputs, "targets": targets, "answer": ex["answer"], "options": ex["options"],
-        "task": tf.constant(task), "dataset": tf.constant(dataset), "cluster": tf.constant(cluster),
-        "variant": tf.constant(variant), "template_id": tf.constant(i, tf.int32),
-    }
-
   forward = [j for j, t in enumerate(templates) if not t.reverse]
   # Chain of thought reasons towards the answer: turned-around templates do not apply.
   choices = forward if variant == tmpl.CHAIN_OF_THOUGHT else list(range(len(templates)))
 
-  def render_chosen(ex):
-    k = tmpl.example_hash({key: v for key, v in ex.items() if key != SHOTS}, len(choices))
-    branches = [functools.partial(render_one, ex, j) for j in choices]
-    return tf.switch_case(tf.cast(k, tf.int32), branches)
+  def one(ex, j):
+    return _render_one(templates[j], ex, variant, j, field)
 
   def render(ex):
     """Every forward template's rendering on eval splits, the chosen one (repeated to the same shape) on train,
     and how many of the rows are real."""
     def train_rows():
-      row = render_chosen(ex)
-      return {k: tf.repeat(v[None], len(forward), axis=0) for k, v in row.items()}, tf.constant(1, tf.int64)
+      k = tmpl.example_hash(ex, len(choices))
+      row = tf.switch_case(tf.cast(k, tf.int32), [functools.partial(one, ex, j) for j in choices])
+      return {key: tf.repeat(v[None], len(forward), axis=0) for key, v in row.items()}, tf.constant(1, tf.int64)
 
     def eval_rows():
-      rows = [render_one(ex, j) for j in forward]
-      return {k: tf.stack([r[k] for r in rows]) for k in rows[0]}, tf.constant(len(forward), tf.int64)
+      rows = [one(ex, j) for j in forward]
+      return {key: tf.stack([r[key] for r in rows]) for key in rows[0]}, tf.constant(len(forward), tf.int64)
 
     return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
 
+  return tf.function(render, autograph=False, reduce_retracing=True)
+
+
+def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
+                    dataset: str, cluster: str, exemplars=None, num_shots: int = 0,
+                    cut_field: str | None = None) -> tf.data.Dataset:
+  """Renders examples: one template each on train, every template on eval splits.
+
+  Few-shot variants zip each example with `num_shots + 1` candidate exemplars
+  from `exemplars()` (the train split, shuffled and repeated). With `cut_field`, rows also carry
+  the prompt's pieces around that field, for `itjax.data.truncation`.
+  """
+  constants = {"task": task, "dataset": dataset, "cluster": cluster, "variant": variant}
+  if tmpl.is_few_shot(variant):
+    return _few_shot(ds, templates=templates, variant=variant, constants=constants, exemplars=exemplars,
+                     num_shots=num_shots)
+  shared = _zero_shot_renderer(tuple(templates), variant, cut_field)
+
+  def render(ex):
+    rows, n = shared(ex)
+    width = tf.shape(rows["inputs"])[:1]
+    return {**rows, **{k: tf.fill(width, v) for k, v in constants.items()}}, n
+
   # One pass over the source: render in parallel, then unpack each example's rows in order.
+  return ds.map(render, num_parallel_calls=tf.data.AUTOTUNE).flat_map(
+      lambda rows, n: tf.data.Dataset.from_tensor_slices(rows).take(n))
+
+
+def _few_shot(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, constants: Mapping[str, str],
+              exemplars, num_shots: int) -> tf.data.Dataset:
+  """Few-shot rendering: each example with its exemplars, one template on train, every forward one on eval."""
+  pool = exemplars().padded_batch(num_shots + 1, drop_remainder=True)
+  ds = tf.data.Dataset.zip(ds, pool).map(lambda ex, shots: {**ex, SHOTS: shots})
+  forward = [j for j, t in enumerate(templates) if not t.reverse]
+
+  def one(ex, i):
+    base = {k: v for k, v in ex.items() if k != SHOTS}
+    inputs, targets = tmpl.with_exemplars(templates[i], base, ex[SHOTS], variant)
+    return {"inputs": inputs, "targets": targets, "answer": ex["answer"], "options": ex["options"],
+            "template_id": tf.constant(i, tf.int32), **{k: tf.constant(v) for k, v in constants.items()}}
+
+  def render(ex):
+    def train_rows():
+      k = tmpl.example_hash({key: v for key, v in ex.items() if key != SHOTS}, len(templates))
+      row = tf.switch_case(tf.cast(k, tf.int32), [functools.partial(one, ex, j) for j in range(len(templates))])
+      return {key: tf.repeat(v[None], len(forward), axis=0) for key, v in row.items()}, tf.constant(1, tf.int64)
+
+    def eval_rows():
+      rows = [one(ex, j) for j in forward]
+      return {key: tf.stack([r[key] for r in rows]) for key in rows[0]}, tf.constant(len(forward), tf.int64)
+
+    return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
+
   return ds.map(render, num_parallel_calls=tf.data.AUTOTUNE).flat_map(
       lambda rows, n: tf.data.Dataset.from_tensor_slices(rows).take(n))
 
@@ -157,7 +221,8 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
                               templates: Sequence[tmpl.Template], *, fields: Sequence[str], has_options: bool,
                               vocabulary: seqio.Vocabulary | None = None, metric_fns: Sequence = (),
                               shuffle_buffer_size: int = 10_000, preprocessors: Sequence = (),
-                              num_shots: int = 0, skips: SkipCounts | None = None) -> list[str]:
+                              num_shots: int = 0, skips: SkipCounts | None = None, truncation: str | None = None,
+                              metrics: Sequence[str] = ()) -> list[str]:
   """Registers `<dataset>_<variant>` `InstructionTask`s; returns their names.
 
   `fields` names the template fields the source (after `preprocessors`, which
@@ -166,9 +231,15 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
   Datasets with answer options get both the with- and without-options
   variants. `skips` are the counters the preprocessors' `counted_filter`s add
   to (a new, empty `SkipCounts` when they count nothing); every variant
-  carries them. Registration never reads data.
+  carries them. `truncation` says how over-long prompts are cut (`itjax.data.truncation`; None:
+  the run's default); `metrics` names the `itjax.eval.metrics` the evaluator computes (default: by
+  cluster). Registration never reads data.
   """
   tmpl.check_templates(templates, set(fields) | {"answer"}, dataset)
+  trunc.check_policy(truncation, f"task {dataset!r}: truncation")
+  field = trunc.cut_field(truncation)
+  if field and not any(field in t.fields() for t in templates):
+    raise UserError(f"task {dataset!r}: truncation={truncation!r} but no template uses {{{field}}}")
   skips = check_skips(skips, dataset)
   clusters = (cluster,) if isinstance(cluster, str) else tuple(cluster)
   names = []
@@ -185,8 +256,10 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
   for variant in variants:
     name = f"{dataset}_{variant}"
     few = tmpl.is_few_shot(variant)
+    # Few-shot prompts lose their oldest exemplar text first, never the query.
+    policy = trunc.KEEP_END if few else truncation
     info = TaskInfo(name, dataset, clusters, variant, len(templates), has_options,
-                    sum(not t.reverse for t in templates))
+                    sum(not t.reverse for t in templates), metrics=tuple(metrics), truncation=policy)
     seqio.TaskRegistry.add(
         name, task_cls=InstructionTask, info=info, skips=skips, source=source,
         output_features=output_features(vocabulary),
@@ -194,11 +267,10 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
             *preprocessors,
             functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
                               dataset=dataset, cluster=clusters[0], exemplars=exemplars if few else None,
-                              num_shots=num_shots),
+                              num_shots=num_shots, cut_field=None if few else field),
             seqio.preprocessors.tokenize,
             record_untrimmed_lengths,
-            # Few-shot prompts lose their oldest exemplar text first, never the query.
-            *([seqio.preprocessors.truncate_inputs_left] if few else []),
+            trunc.InputTruncation(policy),
             seqio.preprocessors.append_eos_after_trim,
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)

@@ -1,7 +1,8 @@
-"""Evaluation runs: checkpoints x eval mixtures -> predictions -> report files.
+"""Evaluation runs: checkpoints x eval mixtures -> predictions -> per-task metrics -> report files.
 
-`run_eval` serves both the end of `itjax train` and `itjax eval`; only
-process 0 writes the report.
+`run_eval` serves both the end of `itjax train` and `itjax eval`; only process 0 writes the report.
+Each task is scored with its own metrics (`itjax.eval.task_metrics`); each phase (reading a set, generating,
+rank classification, scoring, the decontamination scan) says how far it got on the "itjax" logger.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -18,32 +20,20 @@ import seqio
 
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
-from itjax.data.quality import scan
+from itjax.data.quality import contamination
 from itjax.data.registry import leaf_tasks, require_task
-from itjax.data.templates import CHAIN_OF_THOUGHT, extract_cot_answer
 from itjax.data.vocab import REGISTERED, run_vocabulary
 from itjax.errors import UserError
 from itjax.eval.generate import eval_examples
-from itjax.eval.predict import predict
+from itjax.eval.predict import duration, predict, say
 from itjax.eval.rank import rank_classify
 from itjax.eval.report import write_report
 from itjax.eval.settings import EvalSettings
+from itjax.eval.task_metrics import annotate, checkpoint_scores, row_outputs, score_rows
 from itjax.models.families import interface_for
 
 log = logging.getLogger("itjax")
-
-
-def score_rows(rows: list[dict], generations: list[str], ranked: list[dict | None]) -> dict[str, list]:
-  """Per-row metric outcomes (1.0 / 0.0, None where a metric does not apply).
-
-  Chain-of-thought rows are scored on the answer after "So the answer is".
-  """
-  em = [float(extract_cot_answer(g) == r["answer"].strip()) if r["variant"] == CHAIN_OF_THOUGHT
-        else float(g.strip() == r["target"].strip()) for g, r in zip(generations, rows, strict=True)]
-  acc = [None if k is None else float(k["option"] == r["target"].strip()) for k, r in zip(ranked, rows, strict=True)]
-  norm = [None if k is None else float(k["option_norm"] == r["target"].strip())
-          for k, r in zip(ranked, rows, strict=True)]
-  return {"exact_match": em, "rank_accuracy": acc, "rank_accuracy_norm": norm}
+TOP_OFFENDERS = 5  # training tasks named per eval set in report.md's decontamination notes
 
 
 def _check_split(mixture: str, split: str) -> None:
@@ -53,17 +43,23 @@ def _check_split(mixture: str, split: str) -> None:
                       f"it has {sorted(task.splits)}")
 
 
-def _predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules):
-  outputs, scores = {}, {}
+def _predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules, label: str):
+  """(outputs, RowScores) of every checkpoint on `rows`: generation, rank classification, each task's metrics."""
+  specs = annotate(rows)
+  outputs, per_checkpoint = {}, {}
   for ck, params in params_by_name.items():
+    what = f"{label} [{ck}]" if len(params_by_name) > 1 else label
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), nn.logical_axis_rules(rules):
       gens = predict(iface, params, rows, vocab, batch_size=settings.batch_size,
-                     max_new_tokens=settings.max_new_tokens)
-      ranked = rank_classify(iface, params, rows, vocab, batch_size=settings.batch_size)
-    outputs[ck] = [{"prediction": g, **(k or {})} for g, k in zip(gens, ranked, strict=True)]
-    for metric, per_row in score_rows(rows, gens, ranked).items():
-      scores.setdefault(metric, {})[ck] = per_row
-  return outputs, scores
+                     max_new_tokens=settings.max_new_tokens, progress=f"{what}: generation")
+      ranked = rank_classify(iface, params, rows, vocab, batch_size=settings.batch_size,
+                             progress=f"{what}: rank classification")
+    start = time.monotonic()
+    per_checkpoint[ck] = score_rows(rows, gens, ranked, specs)
+    outputs[ck] = row_outputs(gens, ranked, per_checkpoint[ck])
+    if time.monotonic() - start >= 10:
+      say(f"{what}: per-row metrics of {len(rows):,} rows in {duration(time.monotonic() - start)}")
+  return outputs, checkpoint_scores(per_checkpoint)
 
 
 def evaluated_splits() -> tuple[str, ...]:
@@ -73,14 +69,17 @@ def evaluated_splits() -> tuple[str, ...]:
 
 def contamination_counts(train_mixture: str, eval_mixtures: Mapping[str, str], max_per_task: int) -> dict:
   """Per eval set: training examples (the first `max_per_task` of each task) sharing a 13-gram with the
-  evaluated splits of it."""
+  evaluated splits of it, in all and per training task ("tasks": {task: {"contaminated", "examples"}}, tasks
+  with none left out, most first). One pass over the training mixture serves every set."""
+  res = contamination(train_mixture, {s: [m] for s, m in eval_mixtures.items()}, max_per_task=max_per_task,
+                      eval_splits=evaluated_splits(), progress=say)
   out = {}
   for set_name, mixture in eval_mixtures.items():
-    res = scan(train_mixture, [mixture], max_per_task=max_per_task, eval_splits=evaluated_splits())
-    out[set_name] = {"eval": mixture, "eval_splits": res["eval_splits"],
-                     "train_examples_scanned": res["totals"]["examples"],
-                     "contaminated": res["totals"]["contaminated"], "eval_ngrams": res["eval_ngrams"],
-                     "max_examples_per_task": max_per_task}
+    c = res["sets"][set_name]
+    out[set_name] = {"eval": mixture, "eval_splits": res["eval_splits"], "train_examples_scanned": res["examples"],
+                     "contaminated": c["contaminated"], "eval_ngrams": c["eval_ngrams"],
+                     "max_examples_per_task": max_per_task,
+                     "tasks": {t: {"contaminated": n, "examples": res["tasks"][t]} for t, n in c["tasks"].items()}}
   return out
 
 
@@ -93,7 +92,22 @@ def _contamination_notes(train_mixture: str, counts: Mapping[str, dict]) -> list
                  f"{c['train_examples_scanned']} training "
                  f"examples scanned ({pct:.1f}%; the first {c['max_examples_per_task']} of each task) share a "
                  f"13-gram with it")
+    tasks = list(c.get("tasks", {}).items())
+    if tasks:
+      top = ", ".join(f"`{t}` {v['contaminated']}/{v['examples']} "
+                      f"({100.0 * v['contaminated'] / max(v['examples'], 1):.0f}%)" for t, v in tasks[:TOP_OFFENDERS])
+      more = f"; {len(tasks) - TOP_OFFENDERS} more tasks in report.json" if len(tasks) > TOP_OFFENDERS else ""
+      lines.append(f"  - most contaminated training tasks: {top}{more}")
   return lines
+
+
+def _read(set_name: str, mixture: str, split: str, lengths, settings: EvalSettings, vocab, which: str) -> list[dict]:
+  """The eval rows of one set and split, saying what is read and how long it took."""
+  start = time.monotonic()
+  say(f"eval {set_name} ({which}): reading {len(leaf_tasks(mixture))} tasks of {mixture} ({split} split)")
+  rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split, vocabulary=vocab)
+  say(f"eval {set_name}: {len(rows):,} rows ({split}) read in {duration(time.monotonic() - start)}")
+  return rows
 
 
 def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping[str, str],
@@ -112,20 +126,22 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
   iface = interface_for(model)
   lengths = iface.features.task_lengths(task_feature_lengths)
   sets, selections = {}, {}
-  for set_name, mixture in eval_mixtures.items():
+  for k, (set_name, mixture) in enumerate(eval_mixtures.items()):
     for s in {split, selection_split} - {None}:
       _check_split(mixture, s)
-    rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split, vocabulary=vocab)
-    sets[set_name] = (rows, *_predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules))
+    rows = _read(set_name, mixture, split, lengths, settings, vocab, f"{k + 1}/{len(eval_mixtures)}")
+    sets[set_name] = (rows, *_predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules,
+                                                f"eval {set_name}"))
     if selection_split and selection_split != split:
-      dev = eval_examples(mixture, lengths, settings.max_examples_per_task, split=selection_split,
-                          vocabulary=vocab)
-      _, dev_scores = _predict_and_score(iface, params_by_name, dev, vocab, settings, mesh, rules)
+      dev = _read(set_name, mixture, selection_split, lengths, settings, vocab, f"{k + 1}/{len(eval_mixtures)}")
+      _, dev_scores = _predict_and_score(iface, params_by_name, dev, vocab, settings, mesh, rules,
+                                         f"eval {set_name} ({selection_split})")
       selections[set_name] = (f"best template chosen on the {selection_split} split, reported on the {split} split",
                               dev, dev_scores)
   extra = {"eval_mixtures": dict(eval_mixtures), "split": split, "selection_split": selection_split}
   notes: list[str] = []
   if train_mixture and settings.decontamination_examples_per_task and jax.process_index() == 0:
+    say(f"decontamination: scanning {train_mixture} against {len(eval_mixtures)} eval sets")
     extra["train_mixture"] = train_mixture
     extra["decontamination"] = contamination_counts(train_mixture, eval_mixtures,
                                                     settings.decontamination_examples_per_task)

@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from itjax.eval.predict import Progress
 from itjax.models.families import interface_for
 
 
-def rank_classify(model, params, rows: Sequence[dict], vocab: Any, *,
-                  batch_size: int = 64) -> list[dict | None]:
-  """Per row: {"option", "option_norm", "loglik"} for rows with options, else None."""
+def rank_classify(model, params, rows: Sequence[dict], vocab: Any, *, batch_size: int = 64,
+                  progress: str = "rank classification") -> list[dict | None]:
+  """Per row: {"option", "option_norm", "loglik"} for rows with options, else None.
+
+  Scored a batch of (prompt, option) pairs at a time, saying how far it got (`progress`: the lines' label).
+  """
   pairs, owner = [], []
   for i, r in enumerate(rows):
     for opt in r.get("options") or ():
@@ -29,15 +33,26 @@ def rank_classify(model, params, rows: Sequence[dict], vocab: Any, *,
       owner.append(i)
   if not pairs:
     return [None] * len(rows)
-  scores, _ = interface_for(model).score(params, pairs, batch_size=batch_size)
+  iface = interface_for(model)
+  with_options = np.cumsum([bool(r.get("options")) for r in rows])  # rows with options up to each row
+  bar = Progress(progress, int(with_options[-1]), unit="rows with options")
+  parts = []
+  for start in range(0, len(pairs), batch_size):
+    parts.append(iface.score(params, pairs[start:start + batch_size], batch_size=batch_size)[0])
+    end = min(start + batch_size, len(pairs))
+    last = owner[end - 1]  # the row of the last pair scored: finished unless its next pair is still to come
+    finished = last if end == len(pairs) or owner[end] != last else last - 1
+    bar.update(int(with_options[finished]) if finished >= 0 else 0, rows[last].get("task", ""))
+  bar.finish()
+  scores = np.concatenate(parts)
   out: list[dict | None] = [None] * len(rows)
-  owner = np.asarray(owner)
+  start = 0  # pairs are in row order: row i's are the next len(options)
   for i, r in enumerate(rows):
-    idx = np.nonzero(owner == i)[0]
-    if not len(idx):
+    opts = list(r.get("options") or ())
+    if not opts:
       continue
-    opts = list(r["options"])
-    s = scores[idx]
+    s = scores[start:start + len(opts)]
+    start += len(opts)
     per_byte = s / np.array([max(len(o.encode("utf-8")), 1) for o in opts])
     out[i] = {"option": opts[int(np.argmax(s))], "option_norm": opts[int(np.argmax(per_byte))],
               "loglik": [round(float(v), 4) for v in s]}

@@ -33,6 +33,8 @@ from itjax.core.model_dir import find_model_dir, save_model_config
 from itjax.core.model_info import write_model_info
 from itjax.core.tokenizer import copy_tokenizer_files, load_tokenizer, model_dir_tokenizer
 from itjax.data.pipeline import numpy_batches, train_dataset
+from itjax.data.truncation import KEEP_START
+from itjax.data.truncation import run_default as run_truncation
 from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
 from itjax.data.stream_stats import StreamStats
@@ -81,8 +83,8 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                  seed: int, data_shards: int, start_batch: int, layout: FeatureLayout, stream: StreamSettings,
-                 vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None, stats: StreamStats | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None, stats: StreamStats | None = None,
+                 truncation: str = KEEP_START) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
   The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
@@ -93,7 +95,7 @@ def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
       mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
       shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=stream.pack,
       start_batch=start_batch, layout=layout, packer=stream.packer, dedup=stream.dedup,
-      decontaminate=decontaminate, stats=stats, vocabulary=vocabulary))
+      decontaminate=decontaminate, stats=stats, vocabulary=vocabulary, truncation=truncation), stats)
       for j in range(per_host)]
   while True:
     parts = [next(s) for s in streams]
@@ -212,7 +214,8 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
                "/".join(splits))
     batches = host_batches(s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
                            data_shards=data_shards, start_batch=start_batch, layout=b.interface.features,
-                           stream=s.stream, vocabulary=vocabulary, decontaminate=index, stats=stream_stats)
+                           stream=s.stream, vocabulary=vocabulary, decontaminate=index, stats=stream_stats,
+                           truncation=run_truncation())
     loop = Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, s.train_steps, start),
                 stream_stats=stream_stats, start=start, start_batch=start_batch, seed=s.seed,
                 data_shards=data_shards, meta=b.trainable.checkpoint_meta(),

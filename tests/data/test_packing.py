@@ -1,5 +1,6 @@
 """Best-fit packing: every example once, seqio's packed layout, determinism, resume, and unchanged non-chat features."""
 
+import copy
 import random
 from collections import Counter
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 
 from itjax.data import packing
 from itjax.data.feature_converters import EncDecConverter, PrefixLMConverter
-from itjax.data.pipeline import train_dataset, train_examples
+from itjax.data.pipeline import MIN_SHUFFLE_BUFFER, shuffle_buffer, train_dataset, train_examples
 from itjax.data.sources import procedural_source
 from itjax.data.stream_stats import StreamStats
 from itjax.data.tasks import register_instruction_task
@@ -27,6 +28,9 @@ def _words(r: random.Random, n: int) -> str:
   return " ".join(r.choice(["ab", "cde", "f", "ghij", "kl"]) for _ in range(n))
 
 
+SHUFFLE = 48  # within one epoch (60) and the budget: the stream keeps the task's own buffer, as seqio does
+
+
 @pytest.fixture(scope="module")
 def tasks():
   """Two small procedural tasks with varied lengths and a mixture of them; unregistered afterwards."""
@@ -36,7 +40,8 @@ def tasks():
       return {"x": _words(r, r.randint(lo, hi)), "answer": _words(r, r.randint(1, 2))}
 
     names += register_instruction_task(f"packing_t{i}", "q", procedural_source(gen, ("x",), {"train": 60}, seed=i),
-                                       [T("Say {x}")], fields=("x",), has_options=False)
+                                       [T("Say {x}")], fields=("x",), has_options=False,
+                                       shuffle_buffer_size=SHUFFLE)
   seqio.MixtureRegistry.add("packing_mix", [(names[0], 1.0), (names[1], 2.0)])
   yield names
   seqio.MixtureRegistry.remove("packing_mix")
@@ -187,6 +192,17 @@ def test_mixture_examples_equal_seqio_mixture(tasks):
     assert set(x) == set(y) == {"inputs", "targets"}
     np.testing.assert_array_equal(x["inputs"], y["inputs"])
     np.testing.assert_array_equal(x["targets"], y["targets"])
+
+
+def test_shuffle_buffers_are_capped_by_epoch_and_budget(tasks):
+  """Each task's buffer is its own, at most one epoch and at most its share of the budget."""
+  task = seqio.get_mixture_or_task(tasks[0])
+  assert shuffle_buffer(task, 2) == SHUFFLE
+  big = copy.copy(task)
+  big._shuffle_buffer_size = 10_000
+  assert shuffle_buffer(big, 2) == 60  # one epoch
+  assert shuffle_buffer(task, 1000, budget=20_000) == 20  # its share of the budget
+  assert shuffle_buffer(task, 10**6, budget=20_000) == MIN_SHUFFLE_BUFFER
 
 
 def test_unpacked_and_seqio_packed_batches_are_unchanged(tasks):

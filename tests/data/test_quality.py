@@ -201,3 +201,32 @@ def test_skip_counters_belong_to_their_datasets_not_the_module():
   finally:
     for n in names:
       seqio.TaskRegistry.remove(n)
+
+
+def test_contamination_reads_training_once_for_several_eval_sets(monkeypatch):
+  """One pass over the training tasks, one index per eval set; per set and per training task counts equal `scan`'s."""
+  train_a = _register("quality_multi_a", ["alpha", "beta", "gamma"], {"train": 30, "validation": 1})
+  train_b = _register("quality_multi_b", ["gamma", "delta"], {"train": 20, "validation": 1})
+  seqio.MixtureRegistry.add("quality_multi_train", [train_a, train_b], default_rate=1.0)
+  evals = {"b": [_register("quality_multi_eb", ["beta"], {"train": 1, "validation": 2})],
+           "g": [_register("quality_multi_eg", ["gamma"], {"train": 1, "validation": 2})]}
+  reads, indexes = [], []
+  read, index = q._train_examples, q.eval_index
+  monkeypatch.setattr(q, "_train_examples", lambda task, m: reads.append(task.name) or read(task, m))
+  monkeypatch.setattr(q, "eval_index", lambda *a, **k: indexes.append(a[0]) or index(*a, **k))
+  lines = []
+  try:
+    res = q.contamination("quality_multi_train", evals, max_per_task=25, progress=lines.append)
+  finally:
+    seqio.MixtureRegistry.remove("quality_multi_train")
+  assert sorted(reads) == [train_a, train_b] and indexes == [evals["b"], evals["g"]]
+  assert res["tasks"] == {train_a: 25, train_b: 20} and res["examples"] == 45
+  monkeypatch.setattr(q, "_train_examples", read)
+  monkeypatch.setattr(q, "eval_index", index)
+  for set_name, names in evals.items():
+    expected = {t: q.scan(t, names, max_per_task=25)["tasks"][t]["contaminated"] for t in (train_a, train_b)}
+    assert res["sets"][set_name]["contaminated"] == sum(expected.values())
+    assert res["sets"][set_name]["tasks"] == {t: c for t, c in expected.items() if c}
+  assert set(res["sets"]["b"]["tasks"]) == {train_a}  # only task a has "beta"
+  assert set(res["sets"]["g"]["tasks"]) == {train_a, train_b} and res["sets"]["g"]["contaminated"] > 0
+  assert any("indexed" in line for line in lines) and "scanned" in lines[-1]

@@ -80,8 +80,19 @@ def test_report_states_selection_and_decontamination(tmp_path):
   assert counts["seen"]["eval_splits"] == ["test", "validation"]  # both splits the eval reads
   assert counts["seen"]["contaminated"] == expected["contaminated"] > 0  # same task, same templates
   assert counts["seen"]["train_examples_scanned"] == expected["examples"] == 20
+  # Per training task: which of them overlap the set (tasks with none are left out).
+  assert counts["seen"]["tasks"] == {"proc_add_zs_noopt": {"contaminated": expected["contaminated"], "examples": 20}}
+  assert counts["held-out"]["tasks"] == {} and counts["held-out"]["contaminated"] == 0
   md = (tmp_path / "report.md").read_text()
   assert "Decontamination" in md and "of 20 training examples scanned" in md
+  assert f"most contaminated training tasks: `proc_add_zs_noopt` {expected['contaminated']}/20" in md
   assert "## Best template per cluster" in md
   rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
   assert rows and all(set(r["outputs"]) == {"ck"} for r in rows)
+  # Each row names its metrics (primary first) and carries its per-row scores; NLI with options leads with rank.
+  nli = next(r for r in rows if r["cluster"] == "nli")
+  assert nli["metrics"][0] == "rank_accuracy" and "rank_accuracy" in nli["outputs"]["ck"]["scores"]
+  held = report["sets"]["held-out"]
+  assert held["overall_baselines"]["chance"] == pytest.approx(50.0)  # yes / no
+  assert report["sets"]["seen"]["overall_baselines"] == {"chance": None, "majority": None}
+  assert "baseline: majority" in md
