@@ -3,12 +3,16 @@
     itjax train   --gin_file=F [--gin_file=G] [--gin.NAME=VALUE ...] [--model_dir=DIR]
     itjax eval    --gin_file=F ... [--model_dir=DIR]
     itjax infer   --gin_file=F ... --input TEXT [--input TEXT] [--input_file FILE]
-    itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT] | quality NAME --against EVAL ...
+    itjax tasks   list [PATTERN] | show NAME [-n N] [--split SPLIT] | quality NAME --against EVAL [--split S ...]
     itjax convert --from_hf HF_DIR --output DIR | --to_hf OUT_DIR --checkpoint DIR [--model_type llama]
                   | --to_peft OUT_DIR --checkpoint DIR [--base_model HF_DIR]        (LoRA / prefix adapter)
     itjax compile --gin_file=F ... [--topology v5p-128] [--per_device_hbm_gib G]   (train step, ahead of time)
     itjax serve   --checkpoint DIR [--port 8000] [--model_name NAME]              (OpenAI-compatible HTTP)
     itjax data    self_instruct | evol_instruct | distill --teacher_url URL --teacher_model NAME --output_dir DIR ...
+
+`--tasks_module M` (repeatable; before or after the subcommand) imports a module that registers tasks: a module
+name (installed, on PYTHONPATH or in the current directory), a .py file or a package directory. train records it
+in MODEL_DIR/config.gin (`task_modules.from_command_line`), and eval of that run imports it again unless given its own.
 
 A user mistake prints one line (`itjax: error: ...`) and exits with status 2.
 """
@@ -49,24 +53,39 @@ def _quiet_libraries() -> None:
   logging.getLogger("itjax").setLevel(logging.INFO)
 
 
-def _gin_parser(name: str, sub, help_: str) -> argparse.ArgumentParser:
+TASKS_MODULE_HELP = ("a module that registers tasks (repeatable; before or after the subcommand): a module name "
+                     "(installed, on PYTHONPATH or in the current directory), a .py file or a package directory")
+TASKS_MODULE_DESTS = ("tasks_module_top", "tasks_module_group", "tasks_module")  # merged into args.tasks_module
+
+
+def _tasks_module_flag(p: argparse.ArgumentParser, dest: str = "tasks_module", help_: str = TASKS_MODULE_HELP) -> None:
+  """--tasks_module at one level of the command; each level keeps its own dest (argparse would let a subcommand's
+  default overwrite what was given before it) and `run` joins them."""
+  p.add_argument("--tasks_module", dest=dest, action="append", default=[], metavar="MODULE", help=help_)
+
+
+def _gin_parser(name: str, sub, help_: str, tasks_help: str = TASKS_MODULE_HELP) -> argparse.ArgumentParser:
   p = sub.add_parser(name, help=help_)
   p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable); searched in search paths")
   p.add_argument("--gin_search_paths", default="", help="comma-separated folders to search for gin files")
   p.add_argument("--model_dir", default=None, help="shorthand for --gin.MODEL_DIR=DIR")
-  p.add_argument("--tasks_module", action="append", default=[], help="extra module(s) that register tasks")
+  _tasks_module_flag(p, help_=tasks_help)
   return p
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="itjax", description="Instruction tuning in JAX.")
+  _tasks_module_flag(parser, "tasks_module_top")
   sub = parser.add_subparsers(dest="command", required=True)
-  _gin_parser("train", sub, "train a model (gin entry point: train)")
-  _gin_parser("eval", sub, "evaluate a checkpoint (gin entry point: evaluate)")
-  p = _gin_parser("infer", sub, "generate from a checkpoint (gin entry point: infer)")
+  _gin_parser("train", sub, "train a model (gin entry point: train)",
+              TASKS_MODULE_HELP + "; recorded in MODEL_DIR/config.gin")
+  _gin_parser("eval", sub, "evaluate a checkpoint (gin entry point: evaluate)",
+              TASKS_MODULE_HELP + "; default: those recorded in the checkpoint's config.gin")
+  ignored = "accepted for uniformity and ignored: this command reads no task data"
+  p = _gin_parser("infer", sub, "generate from a checkpoint (gin entry point: infer)", ignored)
   p.add_argument("--input", action="append", default=[], help="an input text (repeatable)")
   p.add_argument("--input_file", default=None, help="a file with one input per line")
-  k = _gin_parser("compile", sub, "compile the train step ahead of time and report per-device memory")
+  k = _gin_parser("compile", sub, "compile the train step ahead of time and report per-device memory", ignored)
   k.add_argument("--topology", default=None, help="target TPU slice, e.g. v4-32, v5p-128, v5e-16 (needs libtpu: "
                  "pip install -e '.[tpu]'); default: the local devices")
   k.add_argument("--num_slices", type=int, default=1, help="multislice: this many slices of --topology")
@@ -74,21 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
                  "(default: the device's, or the known HBM of its TPU generation)")
   k.add_argument("--json", default=None, help="also write the memory report as JSON here")
   t = sub.add_parser("tasks", help="list tasks and mixtures; show formatted examples")
-  t.add_argument("--tasks_module", action="append", default=[])
+  _tasks_module_flag(t, "tasks_module_group")
   tsub = t.add_subparsers(dest="tasks_command", required=True)
   tl = tsub.add_parser("list", help="list registered tasks and mixtures")
   tl.add_argument("pattern", nargs="?", default="", help="substring filter")
+  _tasks_module_flag(tl)
   ts = tsub.add_parser("show", help="show a task's metadata and formatted examples, or a mixture's rates")
+  _tasks_module_flag(ts)
   ts.add_argument("name")
   ts.add_argument("-n", type=int, default=3, help="examples to show")
   ts.add_argument("--split", default="validation")
   tq = tsub.add_parser("quality", help="duplicates in a training mixture and its n-gram overlap with eval sets")
   tq.add_argument("name", help="training task or mixture")
-  tq.add_argument("--against", nargs="+", required=True, help="eval tasks or mixtures (validation split)")
+  tq.add_argument("--against", nargs="+", required=True, help="eval tasks or mixtures")
+  tq.add_argument("--split", nargs="+", default=None, metavar="SPLIT",
+                  help="eval splits to read (default: test validation, the splits FLAN's protocol reports and "
+                       "chooses templates on: eval_settings.split and selection_split; a task lacking one "
+                       "contributes the others)")
   tq.add_argument("--max_examples", type=int, default=None, help="training examples scanned per task")
   tq.add_argument("--output", default=None, help="also write the report as JSON here")
   tq.add_argument("--inputs_length", type=int, default=None, help="with --targets_length: count truncated examples")
   tq.add_argument("--targets_length", type=int, default=None)
+  _tasks_module_flag(tq)
   c = sub.add_parser("convert", help="import a Hugging Face model / export an itjax checkpoint")
   c.add_argument("--from_hf", help="a local HF model directory (config.json + *.safetensors)")
   c.add_argument("--output", help="itjax model directory to write (with --from_hf)")
@@ -106,15 +132,38 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _load_tasks(extra: Sequence[str]) -> None:
+def _load_tasks(extra: Sequence[str]) -> list[str]:
+  """Imports itjax's tasks and the `extra` modules; returns the extras as a run records them (absolute paths)."""
   from itjax.data.registry import DEFAULT_TASK_MODULES, import_task_modules
 
-  import_task_modules(tuple(DEFAULT_TASK_MODULES) + tuple(extra))
+  import_task_modules(DEFAULT_TASK_MODULES)
+  return import_task_modules(extra)
 
 
-def _setup_gin(args, bindings: list[str]) -> None:
+def _load_gin_task_modules(command: str) -> None:
+  """After gin parsed: imports the task modules gin files name (`task_modules.modules`); eval without any also
+  those recorded in the evaluated run's config.gin. Calling `task_modules` puts them in the operative config."""
   from itjax import config
 
+  modules = config.task_modules()
+  if not modules and command == "eval" and isinstance(path := config.query("evaluate.checkpoint_path"), str):
+    file, modules = config.recorded_task_modules(path)
+    if modules:
+      logging.getLogger("itjax").info("task modules recorded in %s: %s", file, ", ".join(modules))
+      try:
+        _load_tasks(modules)
+      except UserError as e:
+        raise UserError(f"{e} (recorded in {file}; give --tasks_module to import others)") from None
+      return
+  _load_tasks(modules)
+
+
+def _setup_gin(args, bindings: list[str], task_modules: Sequence[str] | None = None) -> None:
+  """Parses the gin files and bindings; `task_modules` (resolved --tasks_module) are recorded as a binding."""
+  from itjax import config
+
+  if task_modules is not None:
+    bindings = [config.task_modules_binding(task_modules)] + bindings
   if args.model_dir:
     bindings = [f"MODEL_DIR={args.model_dir!r}"] + bindings
   paths = [p for p in args.gin_search_paths.split(",") if p]
@@ -150,8 +199,11 @@ def bindings_from_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def run(argv: Sequence[str]) -> int:
   bindings, rest = bindings_from_argv(argv)
   args = build_parser().parse_args(rest)
+  args.tasks_module = [m for dest in TASKS_MODULE_DESTS for m in getattr(args, dest, None) or []]
   if bindings and args.command in ("tasks", "convert", "serve", "data"):
     raise UserError(f"`itjax {args.command}` takes no --gin. flags")
+  if args.tasks_module and args.command in ("convert", "serve"):
+    raise UserError(f"`itjax {args.command}` reads no tasks: --tasks_module is for train, eval, tasks and data")
   _quiet_libraries()
   if args.command in ("train", "eval", "infer"):
     # Each command imports its own modules (before gin parses: they register configurables); train and eval
@@ -164,8 +216,10 @@ def run(argv: Sequence[str]) -> int:
     else:
       from itjax.eval.infer import infer
     if args.command != "infer":
-      _load_tasks(args.tasks_module)
-    _setup_gin(args, bindings)
+      _setup_gin(args, bindings, _load_tasks(args.tasks_module))
+      _load_gin_task_modules(args.command)
+    else:
+      _setup_gin(args, bindings)
     if args.command == "train":
       _call_gin(train, evaluator=TrainingEval)
     elif args.command == "eval":
@@ -196,7 +250,8 @@ def run(argv: Sequence[str]) -> int:
     elif args.tasks_command == "quality":
       lengths = ({"inputs": args.inputs_length, "targets": args.targets_length}
                  if args.inputs_length and args.targets_length else None)
-      print(inspect_tasks.quality_text(args.name, args.against, args.max_examples, args.output, lengths))
+      print(inspect_tasks.quality_text(args.name, args.against, args.max_examples, args.output, lengths,
+                                       splits=args.split))
     else:
       print(inspect_tasks.show_text(args.name, args.n, args.split))
   elif args.command == "convert":
@@ -218,7 +273,7 @@ def run(argv: Sequence[str]) -> int:
   elif args.command == "data":
     from itjax.synth import commands as data_cli
 
-    if args.decontaminate:
+    if args.decontaminate or args.tasks_module:
       _load_tasks(args.tasks_module)
     data_cli.run(args)
   return 0

@@ -14,12 +14,15 @@ import inspect
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import gin
+from gin import config_parser
 
 # Modules imported for the gin configurables they define (none of them imports TensorFlow or seqio).
 from itjax import peft  # noqa: F401  (lora, prefix_tuning, adapters)
 from itjax.core import distributed, mesh, vocabulary  # noqa: F401
+from itjax.core.model_dir import find_model_dir
 from itjax.errors import UserError
 from itjax.eval import infer, settings  # noqa: F401
 from itjax.models.families import families
@@ -27,6 +30,7 @@ from itjax.train import optim  # noqa: F401
 from itjax.train import settings as train_settings  # noqa: F401
 from itjax.train.objectives import cross_entropy  # noqa: F401
 
+CONFIG_GIN = "config.gin"  # a run's operative config, in its MODEL_DIR
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -146,3 +150,48 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     gin.parse_config_files_and_bindings(list(gin_files), bindings, finalize_config=True)
   except (ValueError, SyntaxError, OSError, KeyError, TypeError) as e:
     raise UserError(explain(e, bindings)) from None
+
+
+@gin.configurable("task_modules")
+def task_modules(modules: Sequence[str] = (), from_command_line: Sequence[str] = ()) -> tuple[str, ...]:
+  """The modules that register a run's tasks: `modules` as a gin file sets them, and `from_command_line` as
+  `--tasks_module` gave them (resolved: files as absolute paths). The CLI calls this after parsing, so both land
+  in the run's operative config.gin, from which `itjax eval` imports them again."""
+  return tuple(dict.fromkeys([*from_command_line, *modules]))
+
+
+def task_modules_binding(resolved: Sequence[str]) -> str:
+  """The gin binding that records `--tasks_module`'s resolved modules."""
+  return f"task_modules.from_command_line = {list(resolved)!r}"
+
+
+def query(selector: str) -> Any:
+  """A parsed gin value with macros resolved (e.g. `evaluate.checkpoint_path`), or None when it is not bound."""
+  try:
+    value = gin.query_parameter(selector)
+  except ValueError:
+    return None
+  while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name.endswith("macro"):
+    value = value.scoped_configurable_fn()
+  return value
+
+
+def recorded_task_modules(path: str) -> tuple[str, tuple[str, ...]]:
+  """(config.gin, the task modules it records) of the run at or above checkpoint `path`; ("", ()) without one."""
+  try:
+    file = os.path.join(find_model_dir(path), CONFIG_GIN)
+  except UserError:
+    return "", ()
+  if not os.path.exists(file):
+    return "", ()
+  with open(file, encoding="utf-8") as f:
+    text = f.read()
+  found: list[str] = []
+  try:
+    for st in config_parser.ConfigParser(text, gin.config.ParserDelegate(skip_unknown=True)):
+      if (isinstance(st, config_parser.BindingStatement) and st.selector == "task_modules"
+          and st.arg_name in ("from_command_line", "modules") and isinstance(st.value, (list, tuple))):
+        found += [str(m) for m in st.value]
+  except (SyntaxError, ValueError) as e:
+    raise UserError(f"{file}: unreadable gin ({str(e).splitlines()[0]})") from None
+  return file, tuple(dict.fromkeys(found))

@@ -22,6 +22,7 @@ from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
 from itjax.data.quality import contamination
 from itjax.data.registry import leaf_tasks, require_task
+from itjax.data.truncation import run_default as run_truncation
 from itjax.data.vocab import REGISTERED, run_vocabulary
 from itjax.errors import UserError
 from itjax.eval.generate import eval_examples
@@ -101,11 +102,13 @@ def _contamination_notes(train_mixture: str, counts: Mapping[str, dict]) -> list
   return lines
 
 
-def _read(set_name: str, mixture: str, split: str, lengths, settings: EvalSettings, vocab, which: str) -> list[dict]:
+def _read(set_name: str, mixture: str, split: str, lengths, settings: EvalSettings, vocab, which: str,
+          truncation: str) -> list[dict]:
   """The eval rows of one set and split, saying what is read and how long it took."""
   start = time.monotonic()
   say(f"eval {set_name} ({which}): reading {len(leaf_tasks(mixture))} tasks of {mixture} ({split} split)")
-  rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split, vocabulary=vocab)
+  rows = eval_examples(mixture, lengths, settings.max_examples_per_task, split=split, vocabulary=vocab,
+                       truncation=truncation)
   say(f"eval {set_name}: {len(rows):,} rows ({split}) read in {duration(time.monotonic() - start)}")
   return rows
 
@@ -120,6 +123,7 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
   best template; with `train_mixture`, the report states its contamination counts against each set.
   """
   settings = EvalSettings()
+  truncation = run_truncation()  # as the training stream reads the tasks
   vocab = vocabulary or REGISTERED
   split, selection_split = settings.split, settings.selection_split
   # Prompts as training read them (an encoder's inputs leave room for their EOS).
@@ -129,11 +133,12 @@ def run_eval(model, params_by_name: Mapping[str, object], eval_mixtures: Mapping
   for k, (set_name, mixture) in enumerate(eval_mixtures.items()):
     for s in {split, selection_split} - {None}:
       _check_split(mixture, s)
-    rows = _read(set_name, mixture, split, lengths, settings, vocab, f"{k + 1}/{len(eval_mixtures)}")
+    rows = _read(set_name, mixture, split, lengths, settings, vocab, f"{k + 1}/{len(eval_mixtures)}", truncation)
     sets[set_name] = (rows, *_predict_and_score(iface, params_by_name, rows, vocab, settings, mesh, rules,
                                                 f"eval {set_name}"))
     if selection_split and selection_split != split:
-      dev = _read(set_name, mixture, selection_split, lengths, settings, vocab, f"{k + 1}/{len(eval_mixtures)}")
+      dev = _read(set_name, mixture, selection_split, lengths, settings, vocab, f"{k + 1}/{len(eval_mixtures)}",
+                  truncation)
       _, dev_scores = _predict_and_score(iface, params_by_name, dev, vocab, settings, mesh, rules,
                                          f"eval {set_name} ({selection_split})")
       selections[set_name] = (f"best template chosen on the {selection_split} split, reported on the {split} split",

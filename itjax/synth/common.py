@@ -42,7 +42,8 @@ class Run:
     if os.path.exists(run.output_dir) and not os.path.isdir(run.output_dir):
       raise UserError(f"--output_dir {run.output_dir}: exists and is not a directory")
     os.makedirs(run.output_dir, exist_ok=True)
-    self.progress = Progress(run.output_dir, command, {**settings, "teacher": teacher.describe()})
+    self.progress = Progress(run.output_dir, command, {**settings, "teacher": teacher.describe()},
+                             live=lambda: {"teacher_requests": teacher.summary()})
     self.journals: list[Journal] = []
     self.started = time.time()
 
@@ -62,7 +63,7 @@ class Run:
     for j in self.journals:
       j.close()
     report = {"command": self.command, "output_dir": self.cfg.output_dir, "stages": stages,
-              "teacher_requests": dict(self.teacher.stats), "seconds": round(time.time() - self.started, 1)}
+              "teacher_requests": self.teacher.summary(), "seconds": round(time.time() - self.started, 1)}
     report = fin.finalize(self.cfg.output_dir, rows, report, mixins=self.cfg.mixins,
                           decontaminate=self.cfg.decontaminate, fmt=fmt)
     self.progress.save(finished=True, final=report["final"])

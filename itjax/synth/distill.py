@@ -56,7 +56,8 @@ class Distill:
       messages = [*messages[:-1], {"role": "user", "content": messages[-1]["content"] + prompts.COT_SUFFIX}]
     c = self.teacher.generate(messages, **self.run.sampling())[0]
     answer = c.text.strip()
-    reason = filters.response_reason(answer, c.finish_reason, drop_truncated=self.cfg.drop_truncated)
+    reason = filters.response_reason(answer, c.finish_reason, drop_truncated=self.cfg.drop_truncated,
+                                     instruction=messages[-1]["content"])
     if reason is None and first and self.cfg.cot and not _FINAL.search(answer):
       reason = "no_final_answer"
     return answer, c.finish_reason, reason

@@ -70,7 +70,8 @@ class EvolInstruct:
     if reason is None:
       c = self.teacher.generate([{"role": "user", "content": evolved}], **sampling)[0]
       answer = c.text.strip()
-      reason = filters.response_reason(answer, c.finish_reason, drop_truncated=self.cfg.drop_truncated)
+      reason = filters.response_reason(answer, c.finish_reason, drop_truncated=self.cfg.drop_truncated,
+                                       instruction=evolved)
     if reason is None and self.cfg.judge_equal and op != "breadth":
       equal = self.teacher.generate(prompts.EQUAL_HEADER.format(a=entry["prompt"], b=evolved), max_tokens=8,
                                     temperature=0.0, parse=lambda cs: prompts.parse_equal(cs[0]))

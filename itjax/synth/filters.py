@@ -4,6 +4,12 @@ Instruction filters follow Self-Instruct (length, keyword blacklist, invalid sta
 pool); instance filters follow its post-processing; response filters follow Evol-Instruct's elimination
 (refusals, degenerate outputs, copied prompt markers, no new information).
 
+Too short to be an answer ("too_short"): fewer than `MIN_ANSWER_CHARS` (2) letters and digits, e.g. "x" or "A.",
+unless the answer is a number ("7", "-3.5", "40%"), a class label (Self-Instruct's classification instances), or
+the instruction asks for a short answer (`expects_short_answer`: it offers options or a choice, asks yes/no or
+true/false, to classify, label or rate, for a letter, a number or one word, or "how many"). Where a short answer
+is expected, one of at most `SHORT_ANSWER_WORDS` words made only of stop words ("Yes", "No") is kept too.
+
 ROUGE-L uses rouge-score's tokenization (lowercased alphanumeric words, no stemming) and a bit-parallel LCS, so a
 candidate is compared with thousands of pool entries quickly; `tests/synth` checks it agrees with rouge-score.
 """
@@ -33,6 +39,16 @@ STOP_WORDS = frozenset(
     "a an the and or but if then of to in on at by for with from as is are was were be been it its this that these "
     "those i you he she we they me him her us them my your his our their not no yes so do does did have has had "
     "will would can could should may might must what which who whom when where why how there here".split())
+
+MIN_ANSWER_CHARS = 2
+SHORT_ANSWER_WORDS = 3
+_NUMBER = re.compile(r"[-+]?(\d+([.,]\d+)*|[.,]\d+)%?")
+# Instructions that plausibly ask for a one-token answer: a choice among options, a label, a count, a yes/no.
+SHORT_ANSWER_CUES = re.compile(
+    r"\b(yes or no|yes/no|true or false|true/false|choose|select|pick|which (one|of)|options?|choices?|"
+    r"classify|classification|categori[sz]e|category|label|sentiment|rate|rating|on a scale|score|how many|"
+    r"how much|what number|count|one word|single word|one letter|single letter|which letter|digit|a number|"
+    r"answer with)\b|^\s*\(?[a-d][).:]\s", re.IGNORECASE | re.MULTILINE)
 
 _tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
 
@@ -142,11 +158,12 @@ def similar_reason(text: str, pool: RougePool, threshold: float = 0.7) -> str | 
 
 # --- instances ------------------------------------------------------------------------------------------------------
 def instance_reasons(instances: Sequence[tuple[str, str]], *, max_output_words: int = 400,
-                     max_input_words: int = 400) -> list[str | None]:
+                     max_input_words: int = 400, instruction: str = "", labels: bool = False) -> list[str | None]:
   """A reason (or None) for each (input, output) instance of one instruction.
 
-  Drops empty outputs, outputs equal to the input, over-long fields, copied prompt markers, exact duplicates and
-  every instance of an input that got conflicting outputs (Self-Instruct's consistency rule).
+  Drops empty outputs, outputs too short to be an answer (`too_short`; `labels`: the outputs are class labels,
+  which may be one character), outputs equal to the input, over-long fields, copied prompt markers, exact
+  duplicates and every instance of an input that got conflicting outputs (Self-Instruct's consistency rule).
   """
   reasons: list[str | None] = []
   outputs_by_input: dict[str, set[str]] = {}
@@ -157,6 +174,8 @@ def instance_reasons(instances: Sequence[tuple[str, str]], *, max_output_words: 
     key = (normalize(inp), normalize(out))
     if not out.strip():
       reasons.append("empty_output")
+    elif too_short(out, f"{instruction}\n{inp}", label=labels):
+      reasons.append("too_short")
     elif inp.strip() and key[0] == key[1]:
       reasons.append("same_as_input")
     elif len(out.split()) > max_output_words or len(inp.split()) > max_input_words:
@@ -180,10 +199,30 @@ def is_refusal(response: str, max_words: int = 80) -> bool:
   return len(response.split()) < max_words and any(r in low for r in REFUSALS)
 
 
-def is_degenerate(response: str) -> bool:
-  """Nothing to learn: empty, only punctuation and stop words, or a loop repeating the same few words."""
+def expects_short_answer(instruction: str) -> bool:
+  """The instruction plausibly asks for a one-token answer (a choice, a label, a count, yes/no; SHORT_ANSWER_CUES)."""
+  return bool(instruction) and SHORT_ANSWER_CUES.search(instruction) is not None
+
+
+def too_short(response: str, instruction: str = "", *, label: bool = False) -> bool:
+  """Fewer than MIN_ANSWER_CHARS letters and digits, unless a number, a class label (`label`) or an answer to an
+  instruction that expects a short one (see the module docstring)."""
+  core = re.sub(r"[\W_]", "", response)
+  if not core:
+    return False  # empty, or punctuation only: "empty" / "degenerate"
+  if len(core) >= MIN_ANSWER_CHARS:
+    return False
+  return not (label or _NUMBER.fullmatch(response.strip().rstrip(".")) or expects_short_answer(instruction))
+
+
+def is_degenerate(response: str, instruction: str = "", *, label: bool = False) -> bool:
+  """Nothing to learn: empty, too short to be an answer (`too_short`), only punctuation and stop words (unless a
+  short answer such as "Yes" to an instruction that expects one), or a loop repeating the same few words."""
   words = re.findall(r"[^\W_]+", response.lower())
-  if not [w for w in words if w not in STOP_WORDS]:
+  if not words or too_short(response, instruction, label=label):
+    return True
+  short_ok = label or expects_short_answer(instruction)
+  if not [w for w in words if w not in STOP_WORDS] and not (short_ok and len(words) <= SHORT_ANSWER_WORDS):
     return True
   if len(words) >= 30:
     trigrams = list(zip(words, words[1:], words[2:], strict=False))
@@ -192,15 +231,18 @@ def is_degenerate(response: str) -> bool:
   return False
 
 
-def response_reason(response: str, finish_reason: str | None = None, *, drop_truncated: bool = True) -> str | None:
-  """Why a teacher's answer is unusable as a training target, or None."""
+def response_reason(response: str, finish_reason: str | None = None, *, drop_truncated: bool = True,
+                    instruction: str = "") -> str | None:
+  """Why a teacher's answer to `instruction` is unusable as a training target, or None."""
   if not response.strip():
     return "empty"
   if drop_truncated and finish_reason == "length":
     return "truncated"
   if is_refusal(response):
     return "refusal"
-  if is_degenerate(response):
+  if too_short(response, instruction):
+    return "too_short"
+  if is_degenerate(response, instruction):
     return "degenerate"
   return None
 

@@ -2,7 +2,8 @@
 `data.jsonl` (Alpaca or chat JSONL that `itjax.data.jsonl` reads) and `report.json` (what every filter removed).
 
 Dedup and decontamination reuse `itjax.data.quality`: exact and normalized duplicates of instruction + input +
-output, and 13-gram overlap with the rendered examples of eval tasks (`--decontaminate TASK ...`).
+output, and 13-gram overlap with the rendered examples of eval tasks (`--decontaminate TASK ...`; their test and
+validation splits, `EVAL_SPLITS`, what the eval protocol reports and selects templates on).
 `data.jsonl` is rebuilt from the journals on every run, so it always matches them.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from itjax.data import jsonl, quality
+from itjax.data.registry import EVAL_SPLITS
 from itjax.errors import UserError
 from itjax.synth.mixins import Mixin, render
 
@@ -45,7 +47,7 @@ def clean(rows: Sequence[dict], *, decontaminate: Sequence[str] = (), index: Any
   """
   max_chars = jsonl.DEFAULT_MAX_CHARS if max_chars is None else max_chars
   if index is None and decontaminate:
-    index = quality.eval_index(list(decontaminate))
+    index = quality.eval_index(list(decontaminate), EVAL_SPLITS)
   removed: Counter = Counter()
   exact, normal, out = set(), set(), []
   for row in rows:
@@ -88,7 +90,8 @@ def finalize(output_dir: str, rows: Sequence[dict], report: dict[str, Any], *, m
     raise RuntimeError(f"generated data does not read back as {fmt} JSONL: {check}")
   report = dict(report)
   report["final"] = {"format": fmt, "generated": len(rows), "mixed_in": per_mixin, "removed": dict(removed),
-                     "written": len(kept), "decontaminated_against": list(decontaminate), "path": path}
+                     "written": len(kept), "decontaminated_against": list(decontaminate),
+                     "decontaminated_splits": list(EVAL_SPLITS) if decontaminate else [], "path": path}
   with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=1)
   return report
@@ -99,8 +102,10 @@ def format_report(report: dict[str, Any]) -> str:
   lines = [f"itjax data {report.get('command', '')}: {report.get('output_dir', '')}"]
   req = report.get("teacher_requests")
   if req:
-    lines.append(f"  teacher (this run): {req['requests']} requests, {req['retries']} retries, {req['failures']} "
-                 f"failed after retrying, {report.get('seconds', 0)} s")
+    why = ", ".join(f"{k} {v}" for k, v in sorted((req.get("retry_reasons") or {}).items(), key=lambda kv: -kv[1]))
+    lines.append(f"  teacher (this run): {req['requests']} requests, {req['retries']} retries"
+                 f"{f' ({why})' if why else ''}, {req['failures']} failed after retrying, "
+                 f"{report.get('seconds', 0)} s")
   for name, st in report.get("stages", {}).items():
     parts = [f"{k} {v}" for k, v in st.items() if not isinstance(v, dict)]
     removed = st.get("removed") or {}
@@ -118,11 +123,19 @@ def format_report(report: dict[str, Any]) -> str:
 def register_output(name: str, output_dir: str, **kwargs: Any) -> list[str]:
   """Registers a finished run's data.jsonl as a JSONL task (`<name>_zs_noopt`, ...); returns the task names.
 
+  A run that wrote no examples is a UserError naming it (and what its filters removed).
+
   `kwargs` go to `register_jsonl_task` (cluster, templates, on_error, ...).
   """
   path = os.path.join(output_dir, DATA)
   if not os.path.exists(os.path.join(output_dir, REPORT)) or not os.path.exists(path):
     raise UserError(f"{output_dir}: no finished `itjax data` run ({DATA} and {REPORT} missing); run or resume it")
   with open(os.path.join(output_dir, REPORT), encoding="utf-8") as f:
-    fmt = json.load(f).get("final", {}).get("format", "alpaca")
-  return jsonl.register_jsonl_task(name, {"train": [path]}, fmt, **kwargs)
+    final = json.load(f).get("final", {})
+  with open(path, "rb") as f:
+    empty = not any(line.strip() for line in f)
+  if empty:  # a task of no examples fails only later, in training, and obscurely
+    rm = ", ".join(f"{k} {v}" for k, v in sorted((final.get("removed") or {}).items())) or "none"
+    raise UserError(f"{output_dir}: the `itjax data` run holds no examples ({DATA} is empty: "
+                    f"{final.get('generated', 0)} generated, removed {rm}; see {REPORT}); nothing to register")
+  return jsonl.register_jsonl_task(name, {"train": [path]}, final.get("format", "alpaca"), **kwargs)

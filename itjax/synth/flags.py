@@ -32,11 +32,13 @@ def _common(p: argparse.ArgumentParser) -> None:
   g.add_argument("--top_p", type=float, default=1.0)
   g.add_argument("--seed", type=int, default=0)
   g.add_argument("--decontaminate", nargs="+", default=[], metavar="TASK",
-                 help="eval tasks/mixtures: drop examples sharing a 13-gram with their validation examples")
+                 help="eval tasks/mixtures: drop examples sharing a 13-gram with their test and validation examples")
   g.add_argument("--mix", action="append", default=[], metavar="NAME=PATH[@N]",
                  help="mix in a JSONL file rendered by template NAME (safety, negative or --mix_templates)")
   g.add_argument("--mix_templates", default=None, help="JSON file of extra mix templates")
-  g.add_argument("--tasks_module", action="append", default=[], help="extra module(s) that register tasks")
+  g.add_argument("--tasks_module", action="append", default=[], metavar="MODULE",
+                 help="a module that registers tasks (repeatable; before or after the subcommand): a module name "
+                      "(installed, on PYTHONPATH or in the current directory), a .py file or a package directory")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ A stage's unit of work (one teacher request, one instruction) ends in one `Journ
 write, flushed and fsynced, so a killed run leaves at most a torn last line, which the next open cuts off. The
 journal is the truth: an item whose key is in it is done and never redone; an item in flight when the run died is
 simply not there, and is done again. `progress.json` (replaced atomically) holds the running counts that the
-journals cannot (failed requests), and the settings of the run, to refuse resuming a different pipeline.
+journals cannot (failed requests), the settings of the run, to refuse resuming a different pipeline, and (`live`)
+the teacher's counts of this run so far, retries by reason included.
 """
 
 from __future__ import annotations
@@ -79,9 +80,12 @@ class Journal:
 class Progress:
   """`<output_dir>/progress.json`: the pipeline and its settings, per-stage counters, when last updated."""
 
-  def __init__(self, output_dir: str, command: str, settings: dict[str, Any]):
+  def __init__(self, output_dir: str, command: str, settings: dict[str, Any],
+               live: Callable[[], dict[str, Any]] | None = None):
+    """`live()` gives fields refreshed on every save (e.g. the teacher's counts of this run)."""
     self.path = os.path.join(output_dir, PROGRESS)
     self._lock = threading.Lock()
+    self._live = live
     settings = json.loads(json.dumps(settings))  # as stored: tuples are lists
     self.state: dict[str, Any] = {"command": command, "settings": settings, "counters": {}, "runs": 0}
     if os.path.exists(self.path):
@@ -111,8 +115,9 @@ class Progress:
     return dict(self.state["counters"].get(stage, {}))
 
   def save(self, **fields: Any) -> None:
+    live = self._live() if self._live else {}
     with self._lock:
-      self.state.update(fields, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+      self.state.update(live, **fields, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
       tmp = self.path + ".tmp"
       with open(tmp, "w", encoding="utf-8") as f:
         json.dump(self.state, f, indent=1)

@@ -5,7 +5,8 @@
    `num_instructions` are kept (or `max_requests` were made);
 2. classify: is each kept instruction a classification task (few-shot Yes/No);
 3. instances: generate examples, output-first for classification tasks (label, then input) and input-first
-   otherwise, and drop them by `filters.instance_reasons`.
+   otherwise, and drop them by `filters.instance_reasons` (a classification instance's output is a label, which
+   may be one character; a generation instance's output must be long enough to be an answer).
 Each stage journals its finished work in `output_dir` (instructions.jsonl, classify.jsonl, instances.jsonl), so an
 interrupted run resumes where it stopped. The kept instances become data.jsonl with provenance.
 """
@@ -154,7 +155,8 @@ class SelfInstruct:
                                    parse=lambda cs: prompts.parse_instances(cs[0], output_first=clf))
 
     def commit(key: str, parsed) -> tuple[list[dict], int]:
-      reasons = filters.instance_reasons([(i, o) for i, o, _ in parsed])
+      instruction, clf = payloads[key]
+      reasons = filters.instance_reasons([(i, o) for i, o, _ in parsed], instruction=instruction, labels=clf)
       out, n_kept = [], 0
       for (inp, output, cut), reason in zip(parsed, reasons, strict=True):
         reason = (cut if cfg.drop_truncated else None) or reason
@@ -165,6 +167,7 @@ class SelfInstruct:
       return [{"key": key, "instances": out}], 1
 
     items = [(c["id"], (c["instruction"], is_clf[c["id"]])) for c in kept if c["id"] in is_clf]
+    payloads = dict(items)
     run_pending(items, work, journal, self.run.progress, "instances", workers=self.teacher.cfg.concurrency,
                 total=len(items), initial=sum(i in journal.keys for i, _ in items), commit=commit,
                 max_consecutive_failures=self.run.cfg.max_consecutive_failures)

@@ -2,8 +2,10 @@
 server, TGI, a hosted API or `itjax serve`.
 
 Requests run under a concurrency limit and are retried with exponential backoff (and jitter) on connection errors,
-timeouts, HTTP 429/5xx, malformed JSON, and answers the caller's `parse` rejects (`Malformed`). After the last
-attempt a `TeacherError` says why; the pipelines count it and carry on. A refused API key (HTTP 401/403) is a
+timeouts, HTTP 429/5xx, malformed JSON, and answers the caller's `parse` rejects (`Malformed`). Each retry is
+logged at WARNING with its attempt number and reason, and counted per reason (`retry_reasons`: "http_503",
+"malformed", "timeout", "connection"); `summary()` holds the counts for the report. After the last attempt a
+`TeacherError` says why; the pipelines count it and carry on. A refused API key (HTTP 401/403) is a
 `UserError` at once. The key comes from an environment variable named by the user; it is sent as a bearer token
 and never logged or put in an error message.
 """
@@ -20,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -84,6 +87,8 @@ class Teacher:
     self._lock = threading.Lock()
     self._sleep = sleep
     self.stats = {"requests": 0, "retries": 0, "failures": 0}
+    self.retry_reasons: Counter = Counter()  # why attempts were retried: "http_503", "malformed", "timeout", ...
+    self.failure_reasons: Counter = Counter()  # the last reason of requests that failed for good
     key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
     self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:
@@ -92,6 +97,12 @@ class Teacher:
 
   def __repr__(self) -> str:  # never show the key
     return f"Teacher({self.cfg.base_url!r}, model={self.cfg.model!r}, endpoint={self.cfg.endpoint!r})"
+
+  def summary(self) -> dict[str, Any]:
+    """This run's request counts, with retries and failures by reason (for report.json and progress.json)."""
+    with self._lock:
+      return {**self.stats, "retry_reasons": dict(sorted(self.retry_reasons.items())),
+              "failure_reasons": dict(sorted(self.failure_reasons.items()))}
 
   def describe(self) -> dict[str, Any]:
     """Provenance: the teacher's model and protocol (not the URL's credentials, never the key)."""
@@ -115,30 +126,41 @@ class Teacher:
     else:
       path = "/completions"
       body["prompt"] = prompt if isinstance(prompt, str) else render_chat(prompt)
-    last, retry_after = "no attempt", None
-    for attempt in range(self.cfg.max_retries + 1):
-      if attempt:
-        self._count("retries")
-        self._sleep(self._delay(attempt, retry_after))
+    attempts = self.cfg.max_retries + 1
+    for attempt in range(attempts):
       if seed is not None:
         body["seed"] = seed + attempt  # a retry must not get the same malformed answer from a seeded server
       try:
         choices = self._choices(self._post(path, body))
         return parse(choices) if parse else choices
       except Malformed as e:
-        last, retry_after = f"malformed response: {e}", None
+        last, reason, retry_after = f"malformed response: {e}", "malformed", None
       except _Retryable as e:
-        last, retry_after = str(e), e.retry_after
+        last, reason, retry_after = str(e), e.reason, e.retry_after
       except _Fatal as e:
-        self._count("failures")
+        self._failed(e.reason)
         raise TeacherError(str(e)) from None
-    self._count("failures")
-    raise TeacherError(f"{self.cfg.max_retries + 1} attempts failed; last: {last}")
+      if attempt + 1 == attempts:
+        break
+      delay = self._delay(attempt + 1, retry_after)
+      with self._lock:
+        self.stats["retries"] += 1
+        self.retry_reasons[reason] += 1
+      logger.warning("teacher: attempt %d/%d failed (%s: %s); retrying in %.1f s", attempt + 1, attempts, reason,
+                     last, delay)
+      self._sleep(delay)
+    self._failed(reason)
+    raise TeacherError(f"{attempts} attempts failed; last: {last}")
 
   # --- internals ----------------------------------------------------------------------------------------------------
   def _count(self, key: str) -> None:
     with self._lock:
       self.stats[key] += 1
+
+  def _failed(self, reason: str) -> None:
+    with self._lock:
+      self.stats["failures"] += 1
+      self.failure_reasons[reason] += 1
 
   def _delay(self, attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with jitter; at least the server's Retry-After, at most max_backoff."""
@@ -167,11 +189,13 @@ class Teacher:
         if e.code in RETRY_STATUS:
           after = e.headers.get("Retry-After") if e.headers else None
           after = float(after) if after and after.replace(".", "", 1).isdigit() else None
-          raise _Retryable(f"HTTP {e.code} from {url}: {detail}", after) from None
-        raise _Fatal(f"HTTP {e.code} from {url}: {detail}") from None
+          raise _Retryable(f"HTTP {e.code} from {url}: {detail}", f"http_{e.code}", after) from None
+        raise _Fatal(f"HTTP {e.code} from {url}: {detail}", f"http_{e.code}") from None
       except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise _Retryable(f"cannot reach {url}: {self._scrub(str(reason))}") from None
+        if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
+          raise _Retryable(f"no answer from {url} within {self.cfg.timeout:g} s", "timeout") from None
+        raise _Retryable(f"cannot reach {url}: {self._scrub(str(reason))}", "connection") from None
     try:
       return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -197,13 +221,19 @@ class Teacher:
 
 
 class _Retryable(Exception):
-  def __init__(self, message: str, retry_after: float | None = None):
+  """A failed attempt worth retrying; `reason` is its short name in the counts ("http_503", "timeout", ...)."""
+
+  def __init__(self, message: str, reason: str, retry_after: float | None = None):
     super().__init__(message)
-    self.retry_after = retry_after
+    self.reason, self.retry_after = reason, retry_after
 
 
 class _Fatal(Exception):
-  pass
+  """A request the server refused as bad (HTTP 4xx other than the retried ones): not retried."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:

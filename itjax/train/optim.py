@@ -11,8 +11,23 @@ from itjax.errors import UserError
 
 @gin.configurable
 def learning_rate_schedule(base_learning_rate: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
-                           decay_steps: int = 0, end_factor: float = 0.0) -> optax.Schedule:
-  """constant | cosine | linear | rsqrt, each after a linear warmup."""
+                           decay_steps: int | None = None, end_factor: float = 0.0, *,
+                           warmup_fraction: float | None = None, total_steps: int | None = None) -> optax.Schedule:
+  """constant | cosine | linear | rsqrt, each after a linear warmup.
+
+  Warmup lasts `warmup_steps`, or `warmup_fraction` of `total_steps` (rounded); cosine and linear decay over
+  `decay_steps`, by default the rest of `total_steps` (runs/finetune.gin sets total_steps = %TRAIN_STEPS, so a
+  schedule written as fractions follows TRAIN_STEPS when it is overridden).
+  """
+  if warmup_fraction is not None:
+    if warmup_steps:
+      raise UserError("learning_rate_schedule: set warmup_steps or warmup_fraction, not both")
+    if not 0 <= warmup_fraction < 1 or not total_steps:
+      raise UserError(f"learning_rate_schedule.warmup_fraction={warmup_fraction!r} needs 0 <= fraction < 1 and "
+                      f"total_steps (e.g. %TRAIN_STEPS), got total_steps={total_steps!r}")
+    warmup_steps = round(warmup_fraction * total_steps)
+  if decay_steps is None:
+    decay_steps = total_steps - warmup_steps if total_steps else 0
   if schedule == "constant":
     main = optax.constant_schedule(base_learning_rate)
   elif schedule == "cosine":

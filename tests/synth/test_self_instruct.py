@@ -63,6 +63,13 @@ def test_self_instruct_round(tmp_path, capsys):
               for c in r["candidates"] if c["kept"])
   assert plans >= 1 and inst["failed_requests"] == plans and inst["instructions"] == ins["kept"] - plans
   assert report["teacher_requests"]["retries"] >= 3 + 2 * plans
+  # Every retry is counted by its reason, in report.json, progress.json and the console.
+  reasons = report["teacher_requests"]["retry_reasons"]
+  assert reasons["http_500"] >= 1 + 2 * plans and reasons["malformed"] >= 2
+  assert sum(reasons.values()) == report["teacher_requests"]["retries"]
+  assert report["teacher_requests"]["failure_reasons"] == {"http_500": plans}
+  assert json.loads((out / "progress.json").read_text())["teacher_requests"] == report["teacher_requests"]
+  assert f"retries (http_500 {reasons['http_500']}, malformed {reasons['malformed']})" in printed
   rows = list(jsonl.read_jsonl(out / "data.jsonl", "alpaca"))
   assert len(rows) == report["final"]["written"] > 0
   first = _lines(out / "data.jsonl")[0]

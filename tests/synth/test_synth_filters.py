@@ -105,6 +105,35 @@ def test_response_reason(text, finish, reason):
   assert filters.response_reason(text, finish) == reason
 
 
+@pytest.mark.parametrize("instruction, answer, reason", [
+    # One character is too short to be an answer ...
+    ("Explain why the sky is blue.", "x", "too_short"),
+    ("Write a short poem about rain.", "A.", "too_short"),
+    ("Translate 'good morning' into French.", "\u00e9", "too_short"),
+    # ... unless it is a number, or the instruction asks for a choice, a label, a count or yes/no.
+    ("What is 3 + 4?", "7", None),
+    ("Convert 0.5 to a percentage.", "50%", None),
+    ("Which of the following is a mammal? (a) shark (b) whale", "b", None),
+    ("Choose the correct option:\nA) Paris\nB) Rome", "A", None),
+    ("Answer with a single letter: what letter does 'apple' start with?", "a", None),
+    ("Is water wet? Answer yes or no.", "Yes.", None),  # only stop words, but a yes/no answer was asked for
+    ("Classify the review as positive or negative: 'Great food.'", "positive", None),
+    # Two letters or more are not "too short"; stop-word-only answers stay degenerate where no short answer is due.
+    ("Name a chemical element.", "Fe", None),
+    ("Explain how rainbows form.", "Yes.", "degenerate"),
+    ("Is water wet? Answer yes or no.", "yes " * 10, "degenerate"),
+])
+def test_too_short_answers_unless_a_short_answer_is_asked_for(instruction, answer, reason):
+  assert filters.response_reason(answer, "stop", instruction=instruction) == reason
+
+
+def test_one_character_outputs_of_instances_are_kept_only_as_labels():
+  instances = [("The movie was great.", "P"), ("The movie was awful.", "N")]
+  assert filters.instance_reasons(instances, instruction="Summarize the review.") == ["too_short", "too_short"]
+  assert filters.instance_reasons(instances, instruction="Summarize the review.", labels=True) == [None, None]
+  assert filters.instance_reasons([("2 + 2", "4")], instruction="Add the numbers.") == [None]
+
+
 def test_evolution_checks():
   original = "Explain how vaccines train the immune system."
   assert filters.no_new_information(original, original)

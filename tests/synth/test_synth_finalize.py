@@ -114,3 +114,19 @@ def test_distill_output_is_cleaned_registered_and_trains(tmp_path, eval_prompt, 
 def test_register_output_needs_a_finished_run(tmp_path):
   with pytest.raises(UserError, match="no finished `itjax data` run"):
     finalize.register_output("nothing", str(tmp_path))
+
+
+def test_register_output_of_a_run_without_examples_names_it(tmp_path, capsys):
+  inp = _write(tmp_path / "in.jsonl", [{"id": "a", "instruction": "Name a fruit."}])
+  srv = FakeTeacher(lambda body, prompt: "I'm sorry, but I can't help with that.")
+  out = tmp_path / "refused"
+  try:
+    assert main(["data", "distill", "--teacher_url", srv.url, "--teacher_model", "fake", "--output_dir", str(out),
+                 "--input", inp]) == 0
+  finally:
+    srv.close()
+  assert "wrote 0 examples" in capsys.readouterr().out
+  with pytest.raises(UserError, match=rf"{out}: the `itjax data` run holds no examples \(data.jsonl is empty: "
+                                      r"0 generated, removed none; see report.json\)"):
+    finalize.register_output("nothing_kept", str(out))
+  assert "nothing_kept_zs_noopt" not in seqio.TaskRegistry.names()

@@ -146,3 +146,27 @@ def test_config_mistakes_are_user_errors():
     TeacherConfig("http://x/v1", "m", endpoint="responses")
   with pytest.raises(UserError, match="--teacher_url"):
     TeacherConfig("localhost:8000", "m")
+
+
+def test_each_retry_is_logged_with_its_attempt_and_reason_and_counted(fake, caplog):
+  srv = fake(_script(Raw(503, "busy"), Raw(200, "{not json"), Raw(200, json.dumps({"choices": []})), "ok"))
+  caplog.set_level(logging.WARNING, logger="itjax")
+  t = _teacher(srv.url)
+  assert t.generate("hi")[0].text == "ok"
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 3
+  assert warnings[0].startswith("teacher: attempt 1/4 failed (http_503: HTTP 503 from ") and "busy" in warnings[0]
+  assert warnings[1].startswith("teacher: attempt 2/4 failed (malformed: malformed response: not JSON")
+  assert warnings[2].startswith("teacher: attempt 3/4 failed (malformed: malformed response: no 'choices'")
+  assert t.summary() == {"requests": 4, "retries": 3, "failures": 0, "retry_reasons": {"http_503": 1, "malformed": 2},
+                         "failure_reasons": {}}
+
+
+def test_timeouts_are_their_own_retry_reason(fake, caplog):
+  srv = fake(_script("late"), delay=0.5)
+  caplog.set_level(logging.WARNING, logger="itjax")
+  t = _teacher(srv.url, max_retries=1, timeout=0.05)
+  with pytest.raises(TeacherError, match="no answer from .* within 0.05 s"):
+    t.generate("hi")
+  assert "attempt 1/2 failed (timeout: " in caplog.text
+  assert t.summary()["retry_reasons"] == {"timeout": 1} and t.summary()["failure_reasons"] == {"timeout": 1}
