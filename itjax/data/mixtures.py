@@ -48,12 +48,31 @@ def eval_variant(infos: Sequence[TaskInfo]) -> list[TaskInfo]:
   return [t for t in infos if t.variant == want[t.dataset]]
 
 
+def variant_counts(infos: Sequence[TaskInfo]) -> dict[str, int]:
+  """Tasks per dataset: its variants (zs_opt, zs_noopt, few-shot, ...) in a mixture."""
+  out: dict[str, int] = {}
+  for t in infos:
+    out[t.dataset] = out.get(t.dataset, 0) + 1
+  return out
+
+
+def dataset_rate(task: seqio.Task, *, variants: dict[str, int], rate_cap: int = DEFAULT_RATE_CAP,
+                 temperature: float = 1.0) -> float:
+  """A task's rate: its dataset's capped examples-proportional rate, shared equally by the dataset's variants
+  in the mixture (as FLAN shares a dataset's weight across its templates), so that a dataset with options
+  weighs what one without them does."""
+  info = task_info(task)
+  share = variants.get(info.dataset, 1) if info else 1
+  return seqio.mixing_rate_num_examples(task, maximum=rate_cap, temperature=temperature) / share
+
+
 def register_heldout_mixtures(prefix: str, task_names: Sequence[str], rate_cap: int = DEFAULT_RATE_CAP,
                               temperature: float = 1.0) -> list[str]:
   """Registers train/eval mixtures holding out each cluster; returns the names.
 
   Training rates are examples-proportional with each dataset capped at
-  `rate_cap` examples (FLAN); `temperature` > 1 flattens them (rate ∝ n^(1/T)). Every task must
+  `rate_cap` examples (FLAN); `temperature` > 1 flattens them (rate ∝ n^(1/T)). The cap and the
+  rate are per dataset: its variants share them (`dataset_rate`). Every task must
   carry its metadata (`task_info`), which is where the clusters come from.
   """
   infos = [task_info(n) for n in task_names]
@@ -61,12 +80,13 @@ def register_heldout_mixtures(prefix: str, task_names: Sequence[str], rate_cap: 
   if plain:
     raise ValueError(f"held-out mixtures {prefix!r}: tasks {plain} carry no instruction-task metadata "
                      "(register them with itjax.data.tasks)")
-  rate = functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap, temperature=temperature)
   names = []
   for cluster in sorted({t.cluster for t in infos}):
     train, evals = heldout_split(infos, cluster)
     name = f"{prefix}_heldout_{cluster}"
-    seqio.MixtureRegistry.add(name, [t.name for t in train], default_rate=rate)
+    seqio.MixtureRegistry.add(name, [t.name for t in train],
+                              default_rate=functools.partial(dataset_rate, variants=variant_counts(train),
+                                                             rate_cap=rate_cap, temperature=temperature))
     seqio.MixtureRegistry.add(f"{name}_eval", [t.name for t in eval_variant(evals)], default_rate=1.0)
     seen = eval_variant(train)
     seqio.MixtureRegistry.add(f"{name}_seen_eval", [t.name for t in seen], default_rate=1.0)

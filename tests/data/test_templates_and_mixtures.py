@@ -232,3 +232,30 @@ def test_task_metadata_travels_with_the_task():
     assert not hasattr(tasks_lib, "TASK_INFO") and not hasattr(chat, "CHAT_TASKS")
   finally:
     seqio.TaskRegistry.remove(name)
+
+
+def test_a_datasets_variants_share_its_capped_rate():
+  """A dataset with options (zs_opt + zs_noopt) weighs what one without them does: the cap is per dataset."""
+  import random
+
+  from itjax.data.mixtures import register_heldout_mixtures
+  from itjax.data.sources import procedural_source
+  from itjax.data.tasks import register_instruction_task
+
+  def gen(r: random.Random):
+    return {"x": str(r.randrange(1000)), "answer": "y", "options": ["y", "n"]}
+
+  names = []
+  for i, (d, cluster, opts) in enumerate([("va", "a", True), ("vb", "a", False), ("vc", "c", False)]):
+    names += register_instruction_task(f"share_{d}", cluster, procedural_source(gen, ("x",), {"train": 500}, seed=i),
+                                       [tmpl.Template("{x}")], fields=("x",), has_options=opts)
+  mixtures = register_heldout_mixtures("share", names, rate_cap=300)
+  try:
+    m = seqio.get_mixture_or_task("share_heldout_c")
+    rates = {t.name: m.get_rate(t) for t in m.tasks}
+    assert rates == pytest.approx({"share_va_zs_opt": 150, "share_va_zs_noopt": 150, "share_vb_zs_noopt": 300})
+  finally:
+    for n in mixtures:
+      seqio.MixtureRegistry.remove(n)
+    for n in names:
+      seqio.TaskRegistry.remove(n)
