@@ -33,11 +33,11 @@ from itjax.core.model_dir import find_model_dir, save_model_config
 from itjax.core.model_info import write_model_info
 from itjax.core.tokenizer import copy_tokenizer_files, load_tokenizer, model_dir_tokenizer
 from itjax.data.pipeline import numpy_batches, train_dataset
-from itjax.data.truncation import KEEP_START
-from itjax.data.truncation import run_default as run_truncation
 from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
 from itjax.data.stream_stats import StreamStats
+from itjax.data.truncation import KEEP_START
+from itjax.data.truncation import run_default as run_truncation
 from itjax.data.vocab import check_vocabulary_fits, load_vocabulary
 from itjax.errors import UserError
 from itjax.models.features import FeatureLayout
@@ -83,8 +83,8 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                  seed: int, data_shards: int, start_batch: int, layout: FeatureLayout, stream: StreamSettings,
-                 vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None, stats: StreamStats | None = None,
-                 truncation: str = KEEP_START) -> Iterator[dict[str, np.ndarray]]:
+                 vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None,
+                 stats: StreamStats | None = None, truncation: str = KEEP_START) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
   The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
