@@ -13,8 +13,10 @@ extractive QA by SQuAD F1. Then one held-out mixture per cluster.
 The data directory is $P3_DIR (default: ../shared/data/p3_templated beside the checkout).
 """
 
+import json
 import os
 
+from itjax.data.jsonl import END_OF_TEXT
 from itjax.data.mixtures import register_heldout_mixtures
 from itjax.data.pretemplated import group_files, register_pretemplated_dataset
 
@@ -38,6 +40,19 @@ DATASETS = {
 }
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
+
+
+def label_templates(files: dict[str, str]) -> dict[str, str | None]:
+  """Per template: "from_answers" where its answers are a label set (2 to 20 distinct), else None (generative
+  templates of a classification dataset, e.g. "write a review with this rating")."""
+  out = {}
+  for template, path in files.items():
+    with open(path) as f:
+      answers = {json.loads(line)["completion"].removesuffix(END_OF_TEXT).strip() for line in f if line.strip()}
+    out[template] = "from_answers" if 2 <= len(answers - {""}) <= 20 else None
+  return out
+
+
 names = []
 if os.path.isdir(DATA_DIR):
   by_dataset = group_files(DATA_DIR, [*DATASETS, "trec"], unmatched="ignore")  # trec's files carry no labels
@@ -46,5 +61,5 @@ if os.path.isdir(DATA_DIR):
     if files:
       names += register_pretemplated_dataset(
           f"p3_{dataset}", files, cluster=cluster, splits=SPLITS, truncation="keep_both_ends", metrics=metrics,
-          options="from_answers" if has_options else None, on_error="skip")
+          options=label_templates(files) if has_options else None, on_error="skip")
   register_heldout_mixtures("p3", names)

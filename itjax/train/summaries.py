@@ -12,6 +12,7 @@ import time
 
 import jax
 from tqdm import tqdm
+from tqdm.std import EMA
 
 
 def _drop_partial_line(path: str) -> None:
@@ -78,8 +79,17 @@ class MetricsWriter:
     self.jsonl.flush()
 
   def advance(self, steps: int) -> None:
-    if self.enabled:
-      self.bar.update(steps)
+    if not self.enabled:
+      return
+    first = self.bar.n == self.bar.initial
+    self.bar.update(steps)
+    if first:
+      # The first steps include start-up (building the stream, compiling): the rate and ETA count from here.
+      # tqdm keeps its clock and smoothed rates in these attributes.
+      b = self.bar
+      b.start_t = b.last_print_t = b._time()  # noqa: SLF001
+      b.initial, b.last_print_n = b.n, b.n
+      b._ema_dn, b._ema_dt = EMA(b.smoothing), EMA(b.smoothing)  # noqa: SLF001
 
   def close(self) -> None:
     if self.enabled and not self.jsonl.closed:
