@@ -17,7 +17,9 @@ from jax.sharding import Mesh
 from itjax.core.mesh import Rules, tree_shardings
 from itjax.models.families import family_of
 
-KEY = jax.random.key(0)  # shapes never depend on the key
+# Shapes never depend on the key: an abstract one, so that importing this module starts no JAX backend
+# (jax.distributed.initialize must come first on multi-host runs).
+KEY = jax.eval_shape(lambda: jax.random.key(0))
 
 
 def sharded(shapes: Any, shardings: Any) -> Any:
