@@ -36,7 +36,7 @@ from itjax.data import jsonl
 from itjax.data import splits as splits_lib
 from itjax.data import templates as tmpl
 from itjax.data import truncation as trunc
-from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features, record_untrimmed_lengths
+from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features, tokenize_and_cut
 from itjax.errors import UserError
 
 UNMATCHED = ("raise", "ignore")
@@ -197,10 +197,7 @@ def register_pretemplated_dataset(dataset: str, files: Sequence[str | os.PathLik
         preprocessors=[
             functools.partial(render_pretemplated, template=jsonl.DEFAULT_TEMPLATES[fmt][0], variant=variant,
                               task=name, dataset=dataset, cluster=clusters[0]),
-            seqio.preprocessors.tokenize,
-            record_untrimmed_lengths,
-            trunc.InputTruncation(truncation),
-            seqio.preprocessors.append_eos_after_trim,
+            *tokenize_and_cut(truncation),
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
     names.append(name)

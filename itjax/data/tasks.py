@@ -147,20 +147,24 @@ def _zero_shot_renderer(templates: tuple[tmpl.Template, ...], variant: str, fiel
     return _render_one(templates[j], ex, variant, j, field)
 
   def render(ex):
-    """Every forward template's rendering on eval splits, the chosen one (repeated to the same shape) on train,
-    and how many of the rows are real."""
-    def train_rows():
-      k = tmpl.example_hash(ex, len(choices))
-      row = tf.switch_case(tf.cast(k, tf.int32), [functools.partial(one, ex, j) for j in choices])
-      return {key: tf.repeat(v[None], len(forward), axis=0) for key, v in row.items()}, tf.constant(1, tf.int64)
-
-    def eval_rows():
-      rows = [one(ex, j) for j in forward]
-      return {key: tf.stack([r[key] for r in rows]) for key in rows[0]}, tf.constant(len(forward), tf.int64)
-
-    return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
+    return _rows_by_split(ex, one, choices, forward, ex)
 
   return tf.function(render, autograph=False, reduce_retracing=True)
+
+
+def _rows_by_split(ex, one, choices: Sequence[int], forward: Sequence[int], identity) -> tuple[dict, tf.Tensor]:
+  """Every forward template's rendering `one(ex, j)` on eval splits, on train the one chosen by a hash of
+  `identity` among `choices` (repeated to the same shape), and how many of the rows are real."""
+  def train_rows():
+    k = tmpl.example_hash(identity, len(choices))
+    row = tf.switch_case(tf.cast(k, tf.int32), [functools.partial(one, ex, j) for j in choices])
+    return {key: tf.repeat(v[None], len(forward), axis=0) for key, v in row.items()}, tf.constant(1, tf.int64)
+
+  def eval_rows():
+    rows = [one(ex, j) for j in forward]
+    return {key: tf.stack([r[key] for r in rows]) for key in rows[0]}, tf.constant(len(forward), tf.int64)
+
+  return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
 
 
 def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
@@ -202,16 +206,7 @@ def _few_shot(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], varian
             "template_id": tf.constant(i, tf.int32), **{k: tf.constant(v) for k, v in constants.items()}}
 
   def render(ex):
-    def train_rows():
-      k = tmpl.example_hash({key: v for key, v in ex.items() if key != SHOTS}, len(templates))
-      row = tf.switch_case(tf.cast(k, tf.int32), [functools.partial(one, ex, j) for j in range(len(templates))])
-      return {key: tf.repeat(v[None], len(forward), axis=0) for key, v in row.items()}, tf.constant(1, tf.int64)
-
-    def eval_rows():
-      rows = [one(ex, j) for j in forward]
-      return {key: tf.stack([r[key] for r in rows]) for key in rows[0]}, tf.constant(len(forward), tf.int64)
-
-    return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
+    return _rows_by_split(ex, one, range(len(templates)), forward, {k: v for k, v in ex.items() if k != SHOTS})
 
   return ds.map(render, num_parallel_calls=tf.data.AUTOTUNE).flat_map(
       lambda rows, n: tf.data.Dataset.from_tensor_slices(rows).take(n))
@@ -268,14 +263,17 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
             functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
                               dataset=dataset, cluster=clusters[0], exemplars=exemplars if few else None,
                               num_shots=num_shots, cut_field=None if few else field),
-            seqio.preprocessors.tokenize,
-            record_untrimmed_lengths,
-            trunc.InputTruncation(policy),
-            seqio.preprocessors.append_eos_after_trim,
+            *tokenize_and_cut(policy),
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
     names.append(name)
   return names
+
+
+def tokenize_and_cut(policy: str | None) -> list:
+  """The preprocessors after rendering: tokenize, note the lengths, cut inputs by `policy`, append the EOS."""
+  return [seqio.preprocessors.tokenize, record_untrimmed_lengths, trunc.InputTruncation(policy),
+          seqio.preprocessors.append_eos_after_trim]
 
 
 def check_skips(skips: SkipCounts | None, dataset: str) -> SkipCounts:
