@@ -31,9 +31,10 @@ import seqio
 import tensorflow as tf
 
 from itjax.data import templates as tmpl
+from itjax.data import truncation as trunc
 from itjax.data.chat_format import LABELS
 from itjax.data.skips import SkipCounts
-from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features, record_untrimmed_lengths
+from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features
 
 # Source features: one string per turn, padded with "" roles to the longest conversation of a chunk.
 ROLES = "turn_roles"
@@ -135,7 +136,7 @@ def register_chat_task(dataset: str, cluster: str | Sequence[str], source: seqio
       name, task_cls=InstructionTask, info=info, skips=check_skips(skips, dataset), source=source,
       output_features=output_features(vocabulary),
       preprocessors=[functools.partial(render_chat, task=name, dataset=dataset, cluster=clusters[0]),
-                     record_untrimmed_lengths, seqio.preprocessors.append_eos_after_trim],
+                     trunc.record_untrimmed_lengths, seqio.preprocessors.append_eos_after_trim],
       metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
   return [name]
 

@@ -47,14 +47,14 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from itjax.data import chat
+from itjax.data import chat, scan_cache
 from itjax.data import splits as splits_lib
 from itjax.data.tasks import TRAIN_SPLIT, register_instruction_task
 from itjax.data.templates import Template
@@ -608,13 +608,19 @@ class JsonlSource(seqio.FunctionDataSource):
     if self.splitter is None:
       return None
     if path not in self._keyers:
-      sample: list[dict] = []
+      template = None
       if splits_lib.needs_sample(self.group_key):
-        lines = _scan(path, self.fmt if self.fmt != "chat" else "chat_turns", on_error="skip",
-                      max_chars=self.max_chars, check=lambda obj, ex: obj)
-        sample = list(itertools.islice(lines, splits_lib.SAMPLE_ROWS))
-        lines.close()
-      self._keyers[path] = splits_lib.keyer(self.group_key, sample)
+        k = scan_cache.key("template_text", [path], self._scan_settings(None))
+        stored = scan_cache.load(k)
+        if stored is not None:
+          template = splits_lib.TemplateText.from_json(stored)
+        else:
+          lines = _scan(path, self.fmt if self.fmt != "chat" else "chat_turns", on_error="skip",
+                        max_chars=self.max_chars, check=lambda obj, ex: obj)
+          template = splits_lib.template_text(itertools.islice(lines, splits_lib.SAMPLE_ROWS))
+          lines.close()
+          scan_cache.store(k, template.to_json())
+      self._keyers[path] = splits_lib.keyer(self.group_key, template=template)
     return self._keyers[path]
 
   def _checker(self, path: str, options: tuple[str, ...] | None) -> Callable[[dict, Any], tuple[int, Any, tuple]]:
@@ -660,13 +666,17 @@ class JsonlSource(seqio.FunctionDataSource):
     files = tuple(self._derive_files(path))
     if files not in self._derived:
       train = self._split_index(TRAIN_SPLIT)
-      answers: set[str] = set()
-      for f in files:
+      k = scan_cache.key("answers", files, self._scan_settings(None))
+      stored = scan_cache.load(k)
+      answers: set[str] = set(stored) if stored is not None else set()
+      for f in files if stored is None else ():
         check = self._checker(f, None)
         for index, ex, _ in _scan(f, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
                                   report=Report(f, self.fmt), check=check):
           if index == train:
             answers.add(ex["answer"].strip())
+      if stored is None:
+        scan_cache.store(k, sorted(answers))
       where = f"{', '.join(files)}: options={FROM_ANSWERS!r}"
       if len(answers) > MAX_DERIVED_OPTIONS:
         raise UserError(f"{where}: the {TRAIN_SPLIT} split has {len(answers)} distinct answers, more than "
@@ -682,17 +692,33 @@ class JsonlSource(seqio.FunctionDataSource):
     """Validates the split's files (once each): UserError on a bad line unless skipping."""
     for path in self._files(split):
       if path not in self.reports:
-        report = Report(path, self.fmt)
-        counts = [0] * (len(self.splitter.names) if self.splitter is not None else 1)
-        check = self._checker(path, self.options_of(path))
-        for index, _, _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
-                                 report=report, check=check):
-          counts[index] += 1
-        if self.splitter is not None:
-          report.splits = dict(zip(self.splitter.names, counts, strict=True))
+        options = self.options_of(path)
+        k = scan_cache.key("report", [path], self._scan_settings(options))
+        stored = scan_cache.load(k)
+        report = Report(**{**stored, "path": path}) if stored is not None else self._validate(path, options)
+        if stored is None:
+          scan_cache.store(k, dataclasses.asdict(report))
         self.reports[path] = report
         _log_skipped(report)
     return [self.reports[p] for p in self._files(split)]
+
+  def _validate(self, path: str, options: tuple[str, ...] | None) -> Report:
+    """Reads `path` in full: its report, with valid lines per split when sliced."""
+    report = Report(path, self.fmt)
+    counts = [0] * (len(self.splitter.names) if self.splitter is not None else 1)
+    for index, _, _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
+                             report=report, check=self._checker(path, options)):
+      counts[index] += 1
+    if self.splitter is not None:
+      report.splits = dict(zip(self.splitter.names, counts, strict=True))
+    return report
+
+  def _scan_settings(self, options: tuple[str, ...] | None) -> list | None:
+    """What a scan's result depends on besides the files (`itjax.data.scan_cache`); None: not cacheable."""
+    if callable(self.group_key):
+      return None
+    splitter = None if self.splitter is None else [self.splitter.names, self.splitter.bounds, self.splitter.seed]
+    return [self.fmt, self.on_error, self.max_chars, self.options_field, splitter, self.group_key, options]
 
   def num_input_examples(self, split: str) -> int:
     reports = self.validate_split(split)
@@ -700,19 +726,17 @@ class JsonlSource(seqio.FunctionDataSource):
       return sum(r.splits[split] for r in reports)
     return sum(r.valid for r in reports)
 
-  def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    self.validate_split(split)  # eagerly: a UserError here reaches the user unwrapped
+  def rows(self, split: str, *, shuffle_files: bool = False, seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """The split's rows as Python values (`row_dataset` makes them examples), validating the split first, now:
+    a UserError here reaches the user unwrapped. Files in turns for pre-templated sources, else one after another
+    (in an order shuffled by `seed` with `shuffle_files`)."""
+    self.validate_split(split)
     files = list(self._files(split))
     if shuffle_files and not self._interleaved():
       random.Random(seed).shuffle(files)
     fmt, on_error, max_chars, want = self._parse_fmt(), self.on_error, self.max_chars, self._split_index(split)
-    checks = {p: self._checker(p, self.options_of(p)) for p in files}
+    options = {p: self.options_of(p) for p in files}  # resolved (and checked) now; the line checks when read
     template_ids = {p: self._template_id(p) for p in files}
-    with_ids = any(t is not None for t in template_ids.values())
-    if fmt == "chat_turns":  # structured turns for chat tasks (itjax.data.chat), not template fields
-      names = ("answer", chat.ROLES, chat.TEXTS)
-    else:
-      names = (*FIELDS, "answer")
 
     def row(ex, opts, path):
       if fmt == "chat_turns":
@@ -720,24 +744,21 @@ class JsonlSource(seqio.FunctionDataSource):
       else:
         out = dict(ex)
       out["options"] = list(opts)
-      if with_ids:
+      if template_ids[path] is not None:
         out[TEMPLATE_ID] = template_ids[path]
       return out
 
     def lines(path):  # the rows of `path` in this split
       try:
-        for index, ex, opts in _scan(path, fmt, on_error=on_error, max_chars=max_chars, check=checks[path]):
+        check = self._checker(path, options[path])  # the "passage" rule samples the file: only once it is read
+        for index, ex, opts in _scan(path, fmt, on_error=on_error, max_chars=max_chars, check=check):
           if index == want:
             yield row(ex, opts, path)
       except UserError as e:  # validated above, so the file changed since
         raise UserError(f"{e} (the file changed after it was validated)") from None
 
-    def rows():
-      if not self._interleaved():
-        for path in files:
-          yield from lines(path)
-        return
-      active = [lines(p) for p in files]  # in turns: line i of every file, then line i + 1
+    def in_turns():  # line i of every file, then line i + 1
+      active = [lines(p) for p in files]
       while active:
         left = []
         for it in active:
@@ -747,31 +768,68 @@ class JsonlSource(seqio.FunctionDataSource):
             left.append(it)
         active = left
 
-    keys = (*names, "options", *([TEMPLATE_ID] if with_ids else []))
+    return in_turns() if self._interleaved() else itertools.chain.from_iterable(lines(p) for p in files)
 
-    def columns():  # columns of CHUNK rows: from_generator costs per element, so amortize it
-      it = rows()
-      while chunk := list(itertools.islice(it, CHUNK)):
-        cols = {k: [r[k] for r in chunk] for k in keys}
-        if fmt == "chat_turns":  # turns padded with "" to the chunk's longest conversation
-          width = max(len(t) for t in cols[chat.ROLES])
-          for k in (chat.ROLES, chat.TEXTS):
-            cols[k] = [t + [""] * (width - len(t)) for t in cols[k]]
-        # Options padded with "" to the chunk's most (no option is empty; the padding is dropped after unbatch).
-        width = max(len(o) for o in cols["options"])
-        cols["options"] = ([o + [""] * (width - len(o)) for o in cols["options"]] if width
-                           else np.empty((len(chunk), 0), np.bytes_))
-        yield cols
+  @property
+  def layout(self) -> RowLayout:
+    """The features of this source's rows."""
+    files = [p for paths in self.paths.values() for p in paths]
+    return RowLayout(self._parse_fmt() == "chat_turns", any(self._template_id(p) is not None for p in files))
 
-    spec = {k: tf.TensorSpec([None], tf.string) for k in names}
-    if fmt == "chat_turns":
+  def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    self.validate_split(split)  # eagerly: a UserError here reaches the user unwrapped
+    # Each iteration (epoch) of the dataset reads the files again.
+    return row_dataset(lambda: self.rows(split, shuffle_files=shuffle_files, seed=seed), self.layout, split)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+  """The features of a JSONL source's rows: chat turns or template fields, with or without a template id."""
+
+  chat: bool
+  with_ids: bool
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    # Chat tasks take structured turns (itjax.data.chat), not template fields.
+    base = ("answer", chat.ROLES, chat.TEXTS) if self.chat else (*FIELDS, "answer")
+    return (*base, "options", *([TEMPLATE_ID] if self.with_ids else []))
+
+  def spec(self) -> dict[str, tf.TensorSpec]:
+    spec = {k: tf.TensorSpec([None], tf.string) for k in self.names}
+    if self.chat:
       spec[chat.ROLES] = spec[chat.TEXTS] = tf.TensorSpec([None, None], tf.string)
     spec["options"] = tf.TensorSpec([None, None], tf.string)
-    if with_ids:
+    if self.with_ids:
       spec[TEMPLATE_ID] = tf.TensorSpec([None], tf.int32)
-    ds = tf.data.Dataset.from_generator(columns, output_signature=spec).unbatch()
-    return ds.map(lambda ex: {**ex, "options": tf.boolean_mask(ex["options"], tf.strings.length(ex["options"]) > 0),
-                              "split": tf.constant(split)})
+    return spec
+
+  def columns(self, chunk: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Rows as padded columns: turns and options padded with "" (no option is empty; dropped after unbatch)."""
+    cols = {k: [r[k] for r in chunk] for k in self.names}
+    if self.chat:
+      width = max(len(t) for t in cols[chat.ROLES])
+      for k in (chat.ROLES, chat.TEXTS):
+        cols[k] = [t + [""] * (width - len(t)) for t in cols[k]]
+    width = max(len(o) for o in cols["options"])
+    cols["options"] = ([o + [""] * (width - len(o)) for o in cols["options"]] if width
+                       else np.empty((len(chunk), 0), np.bytes_))
+    return cols
+
+
+def row_dataset(rows: Callable[[], Iterable[Mapping[str, Any]]], layout: RowLayout, split: str) -> tf.data.Dataset:
+  """The examples of `rows()` (Python rows with `layout`'s features) as a JSONL source yields them: the row's
+  features, its options without padding, and "split"."""
+  def columns():  # columns of CHUNK rows: from_generator costs per element, so amortize it
+    it = iter(rows())
+    while chunk := list(itertools.islice(it, CHUNK)):
+      yield layout.columns(chunk)
+
+  ds = tf.data.Dataset.from_generator(columns, output_signature=layout.spec()).unbatch()
+  # Not autograph-converted (nothing here needs it): converting costs ~0.1 s per task at start-up.
+  return ds.map(tf.autograph.experimental.do_not_convert(
+      lambda ex: {**ex, "options": tf.boolean_mask(ex["options"], tf.strings.length(ex["options"]) > 0),
+                  "split": tf.constant(split)}))
 
 
 def jsonl_source(paths: PathsArg, fmt: str, *, on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,

@@ -23,6 +23,8 @@ and is counted per example: `inputs_truncated`, `targets_truncated` of `examples
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import logging
 import os
@@ -35,7 +37,7 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from itjax.data import chat  # noqa: E402
+from itjax.data import chat, shared_stream  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
 from itjax.data import truncation as trunc  # noqa: E402
 from itjax.data.feature_converters import check_packer, converter_for  # noqa: E402
@@ -87,6 +89,16 @@ def shuffle_buffer(task: seqio.Task, num_tasks: int, budget: int = SHUFFLE_BUDGE
   return max(1, min(size, n)) if n else size
 
 
+def _select(ex: Mapping[str, tf.Tensor], *, is_chat: bool, with_mask: bool, keep_text: bool) -> dict[str, tf.Tensor]:
+  """What a task's stream keeps of an example: inputs, targets [, LOSS_MASK] [, texts]."""
+  out = {"inputs": ex["inputs"], "targets": ex["targets"]}
+  if with_mask:  # a mixture with chat tasks: every example carries a mask (zeros: targets-only loss)
+    out[chat.LOSS_MASK] = ex[chat.LOSS_MASK] if is_chat else tf.zeros_like(ex["inputs"])
+  if keep_text:
+    out.update({k: ex[k] for k in TEXT_FEATURES})
+  return out
+
+
 def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
                  use_cached: bool, keep_text: bool, with_mask: bool, dedup: bool,
                  stats: StreamStats, buffer: int | None) -> tf.data.Dataset:
@@ -101,16 +113,39 @@ def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, sha
     ds = task.get_dataset(lengths, split=TRAIN_SPLIT, shuffle=True, num_epochs=None, seed=seed,
                           use_cached=use_cached, shard_info=shard_info, shuffle_buffer_size=buffer)
   ds = stats.counted(ds, functools.partial(_counts, lengths=lengths, is_chat=is_chat))
+  return ds.map(functools.partial(_select, is_chat=is_chat, with_mask=with_mask, keep_text=keep_text),
+                num_parallel_calls=tf.data.AUTOTUNE)
 
-  def select(ex):
-    out = {"inputs": ex["inputs"], "targets": ex["targets"]}
-    if with_mask:  # a mixture with chat tasks: every example carries a mask (zeros: targets-only loss)
-      out[chat.LOSS_MASK] = ex[chat.LOSS_MASK] if is_chat else tf.zeros_like(ex["inputs"])
-    if keep_text:
-      out.update({k: ex[k] for k in TEXT_FEATURES})
-    return out
 
-  return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+def _text_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
+                 buffer: int | None) -> tf.data.Dataset:
+  """One task's infinite, shuffled rendered text: its preprocessors up to its `TokenizeAndCut`, which the mixture
+  applies once after sampling (`_shared_tail`). Shuffled exactly where seqio shuffles it: the tail is element-wise."""
+  head = copy.copy(task)  # the same source and metadata, without the tail, validated as text
+  head._preprocessor_constructor_args = tuple(task.preprocessors[:-1])  # noqa: SLF001
+  head.__dict__.pop("preprocessors", None)  # seqio caches the list it validated
+  head._output_features = {k: dataclasses.replace(f, dtype=tf.string, rank=0)  # noqa: SLF001
+                           for k, f in task.output_features.items()}
+  ds = head.get_dataset(lengths, split=TRAIN_SPLIT, shuffle=True, num_epochs=None, seed=seed, shard_info=shard_info,
+                        shuffle_buffer_size=buffer, trim_output_features=False)
+  keep = ("inputs", "targets", *(trunc.PIECES if trunc.cut_field(trunc.tail(task).policy) else ()))
+  return ds.map(tf.autograph.experimental.do_not_convert(lambda ex: {k: ex[k] for k in keep}))
+
+
+def _shared_tail(ds: tf.data.Dataset, task: seqio.Task, lengths: Mapping[str, int], *, with_mask: bool,
+                 keep_text: bool, stats: StreamStats) -> tf.data.Dataset:
+  """Mixed text of tasks sharing `task`'s tail and features -> tokenized, cut, counted examples, as `_task_stream`."""
+  features = task.output_features
+  ds = dataclasses.replace(trunc.tail(task), output_features=features, sequence_length=lengths)(ds)
+  ds = seqio.utils.trim_dataset(ds, lengths, features)  # what seqio's Task.get_dataset does after preprocessing
+  ds = stats.counted(ds, functools.partial(_counts, lengths=lengths, is_chat=False))
+  return ds.map(functools.partial(_select, is_chat=False, with_mask=with_mask, keep_text=keep_text),
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _tail_key(task: seqio.Task) -> tuple:
+  """Tasks with equal keys can share one tail: the same policy and output features (vocabulary, EOS)."""
+  return trunc.tail(task).policy, tuple(task.output_features.items())
 
 
 def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], *, seed: int,
@@ -125,6 +160,15 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   example; chat tasks add LOSS_MASK to every example, `keep_text` the pretokenized texts. Every task
   is tokenized with `vocabulary` (default: as registered) and cut by its truncation policy
   (`truncation` for tasks that registered none).
+
+  Start-up: a mixture's tasks that end with the same `TokenizeAndCut` (the same policy and features) are
+  sampled as rendered text and tokenized, cut and counted once, after sampling: building a task's stream
+  then traces only its rendering, and only the examples drawn are tokenized (a shuffle buffer holds
+  text). When all tasks share it this is still seqio's stream. JSONL tasks with a shared rendering go
+  further: one Python-sampled stream serves them all (`itjax.data.shared_stream`: same rows and rates, its
+  own random sequence), so building it does not grow with their number. Tasks in several such groups
+  (several policies or renderings, chat tasks) are sampled in two steps, the group by its tasks' total
+  rate, then the task in it: the same rate per task.
   """
   provider = require_task(mixture_or_task_name)
   stats = stats if stats is not None else StreamStats()
@@ -133,16 +177,52 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   stats.add_tasks(tasks)
   with_mask = any(_is_chat(t) for t in tasks)
   read = [trunc.with_default(t if vocabulary is None else with_vocabulary(t, vocabulary), truncation) for t in tasks]
-  streams, progress = [], _Progress()
-  for i, t in enumerate(read):
-    streams.append(_task_stream(t, dict(task_feature_lengths), seed=seed, shard_info=shard_info,
-                                use_cached=use_cached, keep_text=keep_text, with_mask=with_mask, dedup=dedup,
-                                stats=stats, buffer=shuffle_buffer(t, len(read), shuffle_budget)))
-    progress(i + 1, len(read))
+  lengths = dict(task_feature_lengths)
+  progress = _Progress()
+  buffers = [shuffle_buffer(t, len(read), shuffle_budget) for t in read]
+
+  def own(i):
+    return _task_stream(read[i], lengths, seed=seed, shard_info=shard_info, use_cached=use_cached,
+                        keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats, buffer=buffers[i])
+
   if isinstance(provider, seqio.Task):
-    return streams[0]
-  # seqio's sampler (Mixture.get_dataset calls the same attribute) with the mixture's rates and our seed.
-  return provider._sample_fn(streams, [provider.get_rate(t) for t in tasks], seed)  # noqa: SLF001
+    return own(0)
+  rates = [provider.get_rate(t) for t in tasks]
+  sample = provider._sample_fn  # noqa: SLF001  (seqio's sampler: Mixture.get_dataset calls the same attribute)
+  shares = not dedup and not use_cached
+  groups: list[tuple[tuple, list[int]]] = []  # (tail key, task indices); None key: a task with its own stream
+  for i, t in enumerate(read):
+    key = None
+    if shares and trunc.tail(t) is not None and not _is_chat(t):
+      shared = shared_stream.shared_key(t)
+      key = ("tail", _tail_key(t)) if shared is None else ("shared", shared, _tail_key(t))
+    group = next((g for k, g in groups if key is not None and k == key), None)
+    if group is None:
+      groups.append((key, group := []))
+    group.append(i)
+  parts, part_rates, built = [], [], 0
+  for g, (key, members) in enumerate(groups):
+    group_seed = seed if len(groups) == 1 else seed + 1 + g
+    if key is None:
+      parts.append(own(members[0]))
+    elif key[0] == "shared":
+      mixed = shared_stream.text_stream([read[i] for i in members], [rates[i] for i in members],
+                                        [buffers[i] for i in members], seed=group_seed, shard_info=shard_info)
+      parts.append(_shared_tail(mixed, read[members[0]], lengths, with_mask=with_mask, keep_text=keep_text,
+                                stats=stats))
+    else:
+      texts = []
+      for i in members:
+        texts.append(_text_stream(read[i], lengths, seed=seed, shard_info=shard_info, buffer=buffers[i]))
+        progress(built + len(texts), len(read))
+      mixed = texts[0] if len(texts) == 1 else sample(texts, [rates[i] for i in members], group_seed)
+      parts.append(_shared_tail(mixed, read[members[0]], lengths, with_mask=with_mask, keep_text=keep_text,
+                                stats=stats))
+    built += len(members)
+    part_rates.append(sum(rates[i] for i in members))
+    progress(built, len(read))
+  # seqio's sampler with the mixture's rates and our seed.
+  return parts[0] if len(parts) == 1 else sample(parts, part_rates, seed)
 
 
 def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,

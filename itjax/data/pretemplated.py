@@ -24,7 +24,7 @@ options for that template, e.g. a generative one) or a per-line `options_field`.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -36,7 +36,7 @@ from itjax.data import jsonl
 from itjax.data import splits as splits_lib
 from itjax.data import templates as tmpl
 from itjax.data import truncation as trunc
-from itjax.data.tasks import InstructionTask, TaskInfo, check_skips, output_features, tokenize_and_cut
+from itjax.data.tasks import InstructionTask, SharedRendering, TaskInfo, check_skips, output_features
 from itjax.errors import UserError
 
 UNMATCHED = ("raise", "ignore")
@@ -128,20 +128,36 @@ def _per_template_options(options: OptionSpec | Mapping[str, OptionSpec], names:
   return {n: options[n] for n in names}
 
 
-def render_pretemplated(ds: tf.data.Dataset, *, template: tmpl.Template, variant: str, task: str, dataset: str,
-                        cluster: str) -> tf.data.Dataset:
-  """One row per line, as rendered (`template` maps the format's fields to the prompt), with its template id.
+@dataclasses.dataclass(frozen=True)
+class PretemplatedRendering(SharedRendering):
+  """The seqio preprocessor of a pre-templated task: one row per line, as rendered (`template` maps the format's
+  fields to the prompt), with its template id. The prompt's trailing newline is dropped first, so that
+  `_zs_opt`'s OPTIONS list follows one blank line."""
 
-  The prompt's trailing newline is dropped first, so that `_zs_opt`'s OPTIONS list follows one blank line.
-  """
-  def one(ex):
+  template: tmpl.Template
+  variant: str
+  task: str
+  dataset: str
+  cluster: str
+
+  @property
+  def shared_key(self) -> tuple:
+    return "pretemplated", self.template, self.variant
+
+  def train_text(self, ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     ex = {**ex, "instruction": tf.strings.strip(ex["instruction"])}
-    inputs, targets = tmpl.render(template, ex, variant)
-    return {"inputs": inputs, "targets": targets, "answer": ex["answer"], "options": ex["options"],
-            "task": tf.constant(task), "dataset": tf.constant(dataset), "cluster": tf.constant(cluster),
-            "variant": tf.constant(variant), "template_id": ex[jsonl.TEMPLATE_ID]}
+    inputs, targets = tmpl.render(self.template, ex, self.variant)
+    return {"inputs": inputs, "targets": targets}
 
-  return ds.map(one, num_parallel_calls=tf.data.AUTOTUNE)
+  def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    constants = {"task": self.task, "dataset": self.dataset, "cluster": self.cluster, "variant": self.variant}
+
+    @tf.autograph.experimental.do_not_convert  # plain graph code; converting costs ~0.1 s per task at start-up
+    def one(ex):
+      return {**self.train_text(ex), "answer": ex["answer"], "options": ex["options"],
+              "template_id": ex[jsonl.TEMPLATE_ID], **{k: tf.constant(v) for k, v in constants.items()}}
+
+    return ds.map(one, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def register_pretemplated_dataset(dataset: str, files: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
@@ -195,9 +211,8 @@ def register_pretemplated_dataset(dataset: str, files: Sequence[str | os.PathLik
         name, task_cls=InstructionTask, info=info, skips=skips, source=source,
         output_features=output_features(vocabulary),
         preprocessors=[
-            functools.partial(render_pretemplated, template=jsonl.DEFAULT_TEMPLATES[fmt][0], variant=variant,
-                              task=name, dataset=dataset, cluster=clusters[0]),
-            *tokenize_and_cut(truncation),
+            PretemplatedRendering(jsonl.DEFAULT_TEMPLATES[fmt][0], variant, name, dataset, clusters[0]),
+            trunc.TokenizeAndCut(truncation),
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
     names.append(name)

@@ -133,8 +133,9 @@ def needs_sample(group_key: GroupKey) -> bool:
   return group_key == PASSAGE
 
 
-def keyer(group_key: GroupKey, sample: Iterable[Mapping[str, Any]] = ()) -> Keyer:
-  """obj -> its normalized group key; `sample` (the file's first lines) is read only by the "passage" rule.
+def keyer(group_key: GroupKey, sample: Iterable[Mapping[str, Any]] = (), template: TemplateText | None = None) -> Keyer:
+  """obj -> its normalized group key; `sample` (the file's first lines) is read only by the "passage" rule, to
+  learn the file's template text (or give it as `template`).
 
   A key that cannot be taken raises `GroupKeyError`.
   """
@@ -142,7 +143,7 @@ def keyer(group_key: GroupKey, sample: Iterable[Mapping[str, Any]] = ()) -> Keye
   if group_key is None:
     return lambda obj: normalize(json.dumps(obj, sort_keys=True, ensure_ascii=False))
   if group_key == PASSAGE:
-    template = template_text(sample)
+    template = template if template is not None else template_text(sample)
     return lambda obj: passage_key(obj, template)
   if isinstance(group_key, str):
     return lambda obj: _field_key(obj, group_key)
@@ -175,6 +176,13 @@ class TemplateText:
 
   affixes: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # field path -> (prefix, suffix)
   sentences: frozenset[str] = frozenset()
+
+  def to_json(self) -> dict[str, Any]:
+    return {"affixes": {k: list(v) for k, v in self.affixes.items()}, "sentences": sorted(self.sentences)}
+
+  @classmethod
+  def from_json(cls, value: Mapping[str, Any]) -> TemplateText:
+    return cls({k: tuple(v) for k, v in value["affixes"].items()}, frozenset(value["sentences"]))
 
 
 def strings(obj: Any, path: str = "") -> list[tuple[str, str]]:

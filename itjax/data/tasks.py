@@ -36,8 +36,7 @@ EXEMPLAR_SEED = 4321
 SHOTS = "_shots"  # transient feature: a few-shot example's candidate exemplars
 # String features every source must provide besides its template fields.
 META_FIELDS = ("answer", "split")
-# Token counts before trimming (targets with their EOS), so that the training stream can count truncation.
-UNTRIMMED = {"inputs": "inputs_untrimmed_length", "targets": "targets_untrimmed_length"}
+UNTRIMMED = trunc.UNTRIMMED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,17 +90,6 @@ def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seq
   a run reads with its own through `itjax.data.vocab.with_vocabulary`)."""
   vocab = vocabulary or REGISTERED
   return {"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)}
-
-
-def record_untrimmed_lengths(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """Notes each tokenized example's lengths before any trimming (the seqio preprocessor before the trims).
-
-  Inputs are then cut by the task's policy (`itjax.data.truncation`), targets keep their first
-  `targets - 1` tokens and the EOS (seqio). `itjax.data.pipeline` counts, per example, which of the two were cut.
-  """
-  return ds.map(lambda ex: {**ex, UNTRIMMED["inputs"]: tf.size(ex["inputs"]),
-                            UNTRIMMED["targets"]: tf.size(ex["targets"]) + 1},
-                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _render_one(template: tmpl.Template, ex: Mapping[str, tf.Tensor], variant: str, index: int,
@@ -167,6 +155,45 @@ def _rows_by_split(ex, one, choices: Sequence[int], forward: Sequence[int], iden
   return tf.cond(tf.equal(ex["split"], TRAIN_SPLIT), train_rows, eval_rows)
 
 
+class SharedRendering:
+  """A rendering that tasks can share in one training stream (`itjax.data.shared_stream`): tasks whose
+  renderings have equal `shared_key` render a training example alike, by `train_text`, without their own
+  constants (task name, cluster), which training does not read."""
+
+  @property
+  def shared_key(self) -> tuple:
+    raise NotImplementedError
+
+  def train_text(self, ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """inputs, targets (and `trunc.PIECES` when cutting a field) of one training example."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroShotRendering(SharedRendering):
+  """The seqio preprocessor of a zero-shot variant (`apply_templates`)."""
+
+  templates: tuple[tmpl.Template, ...]
+  variant: str
+  task: str
+  dataset: str
+  cluster: str
+  cut_field: str | None = None
+
+  def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    return apply_templates(ds, templates=self.templates, variant=self.variant, task=self.task, dataset=self.dataset,
+                           cluster=self.cluster, cut_field=self.cut_field)
+
+  @property
+  def shared_key(self) -> tuple:
+    return "zero_shot", self.templates, self.variant, self.cut_field
+
+  def train_text(self, ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    rows, _ = _zero_shot_renderer(self.templates, self.variant, self.cut_field)(ex)
+    keys = ("inputs", "targets", *(trunc.PIECES if self.cut_field else ()))
+    return {k: rows[k][0] for k in keys}
+
+
 def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], variant: str, task: str,
                     dataset: str, cluster: str, exemplars=None, num_shots: int = 0,
                     cut_field: str | None = None) -> tf.data.Dataset:
@@ -182,6 +209,7 @@ def apply_templates(ds: tf.data.Dataset, *, templates: Sequence[tmpl.Template], 
                      num_shots=num_shots)
   shared = _zero_shot_renderer(tuple(templates), variant, cut_field)
 
+  @tf.autograph.experimental.do_not_convert
   def render(ex):
     rows, n = shared(ex)
     width = tf.shape(rows["inputs"])[:1]
@@ -261,19 +289,13 @@ def register_instruction_task(dataset: str, cluster: str | Sequence[str], source
         preprocessors=[
             *preprocessors,
             functools.partial(apply_templates, templates=tuple(templates), variant=variant, task=name,
-                              dataset=dataset, cluster=clusters[0], exemplars=exemplars if few else None,
-                              num_shots=num_shots, cut_field=None if few else field),
-            *tokenize_and_cut(policy),
+                              dataset=dataset, cluster=clusters[0], exemplars=exemplars, num_shots=num_shots)
+            if few else ZeroShotRendering(tuple(templates), variant, name, dataset, clusters[0], field),
+            trunc.TokenizeAndCut(policy),
         ],
         metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
     names.append(name)
   return names
-
-
-def tokenize_and_cut(policy: str | None) -> list:
-  """The preprocessors after rendering: tokenize, note the lengths, cut inputs by `policy`, append the EOS."""
-  return [seqio.preprocessors.tokenize, record_untrimmed_lengths, trunc.InputTruncation(policy),
-          seqio.preprocessors.append_eos_after_trim]
 
 
 def check_skips(skips: SkipCounts | None, dataset: str) -> SkipCounts:

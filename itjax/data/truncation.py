@@ -39,6 +39,8 @@ POLICIES = (KEEP_START, KEEP_END, KEEP_BOTH_ENDS)
 FIELD = "field:"
 # Transient features: the rendered prompt around the cut field ("" when the template lacks it).
 PIECES = ("inputs_before_field", "inputs_field", "inputs_after_field")
+# Token counts before trimming (targets with their EOS), so that the training stream can count truncation.
+UNTRIMMED = {"inputs": "inputs_untrimmed_length", "targets": "targets_untrimmed_length"}
 
 
 def check_policy(policy: str | None, what: str = "truncation") -> str | None:
@@ -112,14 +114,47 @@ class InputTruncation:
     return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def record_untrimmed_lengths(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Notes each tokenized example's lengths before any trimming (targets counted with the EOS to come), so that
+  `itjax.data.pipeline` can count, per example, which of the two were cut."""
+  return ds.map(lambda ex: {**ex, UNTRIMMED["inputs"]: tf.size(ex["inputs"]),
+                            UNTRIMMED["targets"]: tf.size(ex["targets"]) + 1},
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeAndCut:
+  """The seqio preprocessor every instruction task ends with: tokenize the rendered text, note the lengths, cut
+  inputs by `policy` (None: the run's default), keep the targets' first tokens and append the EOS (seqio).
+
+  One element-wise step on text, so that a mixture can apply it once after sampling instead of once per
+  task (`itjax.data.pipeline`); seqio fills `output_features` and `sequence_length` when it applies it.
+  """
+
+  policy: str | None = None
+  output_features: Mapping[str, seqio.Feature] | None = None
+  sequence_length: Mapping[str, int] | None = None
+
+  def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    ds = record_untrimmed_lengths(seqio.preprocessors.tokenize(ds, self.output_features))
+    ds = InputTruncation(self.policy, self.output_features, self.sequence_length)(ds)
+    return seqio.preprocessors.append_eos_after_trim(ds, self.output_features, self.sequence_length)
+
+
+def tail(task: seqio.Task) -> TokenizeAndCut | None:
+  """The closing `TokenizeAndCut` of a task that ends with one (instruction and pre-templated tasks; chat ones not)."""
+  procs = task.preprocessors
+  return procs[-1] if procs and isinstance(procs[-1], TokenizeAndCut) else None
+
+
 def with_default(task: seqio.Task, policy: str) -> seqio.Task:
   """`task` with the run's default `policy` where it registered none: itself when nothing changes, else a copy."""
   procs = list(task.preprocessors)
-  at = [i for i, p in enumerate(procs) if isinstance(p, InputTruncation) and p.policy is None]
+  at = [i for i, p in enumerate(procs) if isinstance(p, TokenizeAndCut) and p.policy is None]
   if not at or policy == KEEP_START:
     return task
   for i in at:
-    procs[i] = InputTruncation(policy)
+    procs[i] = TokenizeAndCut(policy)
   out = copy.copy(task)  # the same source, features and metadata (InstructionTask.info, skip counters)
   # seqio.Task keeps them in `_preprocessor_constructor_args`, read through a cached property.
   out._preprocessor_constructor_args = tuple(procs)  # noqa: SLF001

@@ -91,3 +91,38 @@ def test_bad_policies_are_one_line_errors():
     _register("trunc_nofield", "field:context")
   with pytest.raises(UserError, match="per task"):
     trunc.run_default("field:passage")
+
+
+def test_mixture_of_policies_cuts_each_task_by_its_own_and_keeps_the_rates():
+  """Tasks sharing a policy are tokenized and cut together after sampling (itjax.data.pipeline); a mixture of
+  several policies samples each group, then its task, at the tasks' own rates."""
+  policies = ["keep_start", "keep_end", "field:passage", None]  # None: the run's default, keep_end here
+  names = []
+  for i, policy in enumerate(policies):
+    template = Template(f"T{i} read this.\n{{passage}}\nQ{i}: {{question}}")
+    names.append(_register(f"trunc_mix{i}", policy, templates=(template,))[1])  # _zs_noopt
+  rates = [1.0, 2.0, 3.0, 4.0]
+  seqio.MixtureRegistry.add("trunc_mix", list(zip(names, rates, strict=True)))
+  try:
+    stats = StreamStats()
+    seen = [0] * len(names)
+    for ex in train_examples("trunc_mix", LENGTHS, seed=1, stats=stats, truncation="keep_end").take(2000) \
+        .as_numpy_iterator():
+      text = bytes(i - 3 for i in ex["inputs"]).decode().rstrip("\n")  # the prompt ends with a newline
+      assert len(ex["inputs"]) == LENGTHS["inputs"]
+      found = [i for i in range(len(names)) if text.startswith(f"T{i} ") or text.endswith(f"Q{i}: {QUESTION}")]
+      assert len(found) == 1, text
+      i = found[0]
+      seen[i] += 1
+      if policies[i] == "keep_start":
+        assert f"Q{i}:" not in text
+      elif policies[i] == "field:passage":
+        assert text.startswith(f"T{i} read this.\nword0 ") and text.endswith(f"\nQ{i}: {QUESTION}")
+      else:
+        assert not text.startswith("T") and text.endswith(f"Q{i}: {QUESTION}")
+    assert stats.as_dict()["inputs_truncated"] == stats.as_dict()["examples"] >= 2000
+    for n, rate in zip(seen, rates, strict=True):  # binomial: 2000 draws, p = rate / 10
+      p = rate / sum(rates)
+      assert abs(n - 2000 * p) < 4 * (2000 * p * (1 - p)) ** 0.5, (seen, rates)
+  finally:
+    seqio.MixtureRegistry.remove("trunc_mix")
