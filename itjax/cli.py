@@ -221,14 +221,17 @@ def run(argv: Sequence[str]) -> int:
     else:
       _setup_gin(args, bindings)
     if args.command == "train":
-      _call_gin(train, evaluator=TrainingEval)
+      return _call_gin(train, evaluator=TrainingEval)["exit_status"]
     elif args.command == "eval":
       _call_gin(evaluate)
     else:
       texts = list(args.input)
       if args.input_file:
-        with open(args.input_file, encoding="utf-8") as f:
-          texts += [line.rstrip("\n") for line in f if line.strip()]
+        try:
+          with open(args.input_file, encoding="utf-8") as f:
+            texts += [line.rstrip("\n") for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+          raise UserError(f"--input_file={args.input_file}: {getattr(e, 'strerror', None) or e}") from None
       if not texts:
         raise UserError("itjax infer: give --input TEXT or --input_file FILE")
       for text, out in zip(texts, _call_gin(infer, inputs=texts), strict=True):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import inspect
+import io
 import os
 import re
-from collections.abc import Sequence
+import tokenize
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -100,6 +102,10 @@ def explain(e: BaseException, bindings: Sequence[str] = ()) -> str:
     where = f" ({loc.group(1)}, line {loc.group(2)})"
   elif (loc := re.search(r"In bindings string line (\d+)", msg)) and int(loc.group(1)) <= len(bindings):
     where = f" (flag --gin.{bindings[int(loc.group(1)) - 1]})"
+  elif (isinstance(e, SyntaxError) and not getattr(e, "filename", None) and (loc := re.search(r"\(line (\d+)\)", msg))
+        and int(loc.group(1)) <= len(bindings)):  # a parse error in the flags: gin counts them as lines
+    first = first.replace(loc.group(0), "").strip()
+    where = f" (flag --gin.{bindings[int(loc.group(1)) - 1]})"
   if m := re.search(r"No configurable matching '([^']+)'", msg):
     return f"unknown gin configurable {m.group(1)!r}{where}{_close(m.group(1), _configurable_names())}"
   if m := re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", msg):
@@ -150,6 +156,60 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     gin.parse_config_files_and_bindings(list(gin_files), bindings, finalize_config=True)
   except (ValueError, SyntaxError, OSError, KeyError, TypeError) as e:
     raise UserError(explain(e, bindings)) from None
+  except tokenize.TokenError:  # gin's lexer reached the end of a file inside a bracket or string
+    raise UserError(_unterminated(gin_files, bindings)) from None
+  _check_flag_macros(bindings)
+
+
+def _unterminated(gin_files: Sequence[str], bindings: Sequence[str]) -> str:
+  """Names the gin file (or flag) with an unbalanced bracket or unterminated string, and its line."""
+  texts = [(f"--gin.{b}", b) for b in bindings]
+  for f in gin_files:
+    try:
+      with open(f) as fh:
+        texts.append((f, fh.read()))
+    except OSError:
+      continue
+  for where, text in texts:
+    opened: list[tuple[str, int]] = []  # unclosed brackets: (bracket, line)
+    try:
+      for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.OP and tok.string in "([{":
+          opened.append((tok.string, tok.start[0]))
+        elif tok.type == tokenize.OP and tok.string in ")]}" and opened:
+          opened.pop()
+    except tokenize.TokenError as e:
+      if opened:
+        bracket, line = opened[-1]
+        return f"gin: {where}, line {line}: this {bracket!r} is never closed"
+      line = e.args[1][0] if len(e.args) > 1 else "?"
+      return f"gin: {where}, line {line}: unterminated string (the end of the text was reached inside it)"
+  return f"gin: an unbalanced bracket or unterminated string in an included file of {', '.join(gin_files)}"
+
+
+def _macro_references(value: Any) -> Iterator[str]:
+  """The macros a bound value refers to (`%NAME`), at any depth of containers."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.configurable.name.endswith("macro"):
+      yield value.scoped_selector.split("/")[0]
+  elif isinstance(value, Mapping):
+    for k, v in value.items():
+      yield from _macro_references(k)
+      yield from _macro_references(v)
+  elif isinstance(value, list | tuple | set):
+    for v in value:
+      yield from _macro_references(v)
+
+
+def _check_flag_macros(bindings: Sequence[str]) -> None:
+  """A macro set by a flag (`--gin.NAME=...`) that nothing uses is a misspelling: the run would silently train
+  with the default. gin files may define macros they do not use; flags name what the user meant to change."""
+  used = {name for params in gin.config._CONFIG.values() for v in params.values() for name in _macro_references(v)}
+  for b in bindings:
+    name = b.partition("=")[0].strip()
+    if name and "." not in name and "/" not in name and name not in used:
+      raise UserError(f"--gin.{b}: no gin file or binding uses %{name}, so it would change nothing"
+                      f"{_close(name, sorted(used))}")
 
 
 @gin.configurable("task_modules")

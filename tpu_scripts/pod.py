@@ -186,7 +186,7 @@ def launch_script(train_args: Sequence[str], env: Sequence[str] = ()) -> str:
 
 
 def stop_script() -> str:
-  """SIGTERM to the trainer: it saves the current step (all workers agree on it) and exits 0."""
+  """SIGTERM to the trainer: it saves the current step (all workers agree on it) and exits 75 (preempted)."""
   return f"test -s ~/{PID} && kill -TERM $(cat ~/{PID}) 2>/dev/null; true"
 
 

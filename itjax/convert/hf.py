@@ -18,7 +18,7 @@ from itjax.core.checkpoints import Checkpointer
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir, save_model_config
 from itjax.core.tokenizer import copy_tokenizer_files
-from itjax.errors import UserError
+from itjax.errors import UserError, make_dirs
 from itjax.models.families import family_for_hf
 from itjax.models.hf_io import read_config
 from itjax.models.peft_hooks import with_peft
@@ -30,7 +30,7 @@ def import_hf(hf_dir: str, output: str) -> None:
   model_type = str(read_config(hf_dir).get("model_type"))
   family = family_for_hf(model_type, hf_dir)
   cfg, params = family.hf.read_dir(hf_dir)
-  os.makedirs(output, exist_ok=True)
+  make_dirs(output, "--output")
   save_model_config(output, cfg)
   ckpt = Checkpointer(output, period=1, keep=None, async_save=False)
   ckpt.save(0, {"params": jax.tree_util.tree_map(jnp.asarray, params)}, {"source": os.path.abspath(hf_dir)},

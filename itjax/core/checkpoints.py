@@ -45,8 +45,9 @@ def complete_steps(directory: str) -> list[int]:
                 if n.isdigit() and is_complete(os.path.join(directory, n)))
 
 
-def clean_incomplete(directory: str) -> list[str]:
-  """Process 0 removes leftover temporary dirs and moves incomplete step dirs aside; returns what it moved."""
+def clean_incomplete(directory: str, keep: int | None = None) -> list[str]:
+  """Process 0 removes leftover temporary dirs and moves incomplete step dirs aside (keeping the `keep` latest of
+  those, as for complete steps; None: all); returns what it moved or removed."""
   moved = []
   if jax.process_index() == 0 and os.path.isdir(directory):
     for n in sorted(os.listdir(directory)):
@@ -62,6 +63,13 @@ def clean_incomplete(directory: str) -> list[str]:
         log.warning("checkpoint %s is incomplete (no %s); moved to %s", p, COMMIT_MARKER, dest)
         os.rename(p, dest)
         moved.append(p)
+    if keep is not None:
+      aside = sorted((n for n in os.listdir(directory) if ".incomplete" in n and n.split(".")[0].isdigit()),
+                     key=lambda n: (int(n.split(".")[0]), n))
+      for n in aside[:-keep]:
+        log.warning("removing %s (keeping the %d latest incomplete checkpoints, as for complete ones)", n, keep)
+        shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+        moved.append(os.path.join(directory, n))
   sync("itjax_checkpoints_cleaned")
   return moved
 
@@ -87,7 +95,7 @@ class Checkpointer:
     if best_mode not in ("max", "min"):
       raise UserError(f"best checkpoint mode {best_mode!r}: expected max or min")
     os.makedirs(self.directory, exist_ok=True)
-    clean_incomplete(self.directory)
+    clean_incomplete(self.directory, keep)
     extra: dict[str, Any] = {"max_to_keep": keep}
     if best_metric:  # the `keep` latest, and the `keep_best` best of the checkpoints saved with metrics
       best_fn: Callable = lambda m: _rank(metric_value(m, best_metric), best_mode)
@@ -125,11 +133,24 @@ class Checkpointer:
                              metrics=dict(metrics) if metrics and self.best_metric else None, force=force)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """State (resharded onto `abstract_state`'s shardings) and metadata of a complete step."""
-    if not is_complete(os.path.join(self.directory, str(step))):
+    """State (resharded onto `abstract_state`'s shardings) and metadata of a complete step.
+
+    A step that cannot be read (damaged files, or a model that no longer matches it) is refused, never skipped:
+    the UserError names the step dir and the previous complete step, which moving this one aside resumes from.
+    """
+    step_dir = os.path.join(self.directory, str(step))
+    if not is_complete(step_dir):
       raise UserError(f"checkpoint step {step} in {self.directory} is missing or incomplete")
-    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                             meta=ocp.args.JsonRestore()))
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                               meta=ocp.args.JsonRestore()))
+    except (ValueError, OSError, RuntimeError, KeyError) as e:
+      earlier = [s for s in self.all_steps() if s < step]
+      then = (f"move it aside (mv {step_dir} {step_dir}.damaged) to resume from step {earlier[-1]}" if earlier
+              else f"move it aside (mv {step_dir} {step_dir}.damaged) to start again from step 0")
+      reason = " ".join(str(e).split())[:300]
+      raise UserError(f"checkpoint {step_dir} cannot be restored ({type(e).__name__}: {reason}). If its files are "
+                      f"damaged, {then}; if the model or mesh settings changed, use the run's config.gin") from None
     return out.state, out.meta
 
   def wait(self) -> None:

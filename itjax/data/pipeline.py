@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 
@@ -41,11 +42,13 @@ from itjax.data import chat, shared_stream  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
 from itjax.data import truncation as trunc  # noqa: E402
 from itjax.data.feature_converters import check_packer, converter_for  # noqa: E402
+from itjax.data.jsonl import JsonlSource  # noqa: E402
 from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
 from itjax.data.tasks import TRAIN_SPLIT, UNTRIMMED, task_info  # noqa: E402
 from itjax.data.vocab import with_vocabulary  # noqa: E402
+from itjax.errors import UserError  # noqa: E402
 from itjax.models.features import PREFIX_LM_LAYOUT, FeatureLayout  # noqa: E402
 
 log = logging.getLogger("itjax")
@@ -97,6 +100,18 @@ def _select(ex: Mapping[str, tf.Tensor], *, is_chat: bool, with_mask: bool, keep
   if keep_text:
     out.update({k: ex[k] for k in TEXT_FEATURES})
   return out
+
+
+def _check_not_empty(task: seqio.Task) -> None:
+  """A task with no training example is a UserError naming it (and its files' reports): its stream would end
+  at once, and a mixture would silently train without it."""
+  if TRAIN_SPLIT not in task.splits or task.source.num_input_examples(TRAIN_SPLIT) != 0:
+    return
+  detail = ""
+  if isinstance(task.source, JsonlSource):
+    reports = task.source.validate_split(TRAIN_SPLIT)
+    detail = ": " + "; ".join(str(r).replace("\n", " ") for r in reports[:3]) + ("; ..." if len(reports) > 3 else "")
+  raise UserError(f"task {task.name!r} has no training examples{detail}")
 
 
 def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
@@ -178,8 +193,12 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   with_mask = any(_is_chat(t) for t in tasks)
   read = [trunc.with_default(t if vocabulary is None else with_vocabulary(t, vocabulary), truncation) for t in tasks]
   lengths = dict(task_feature_lengths)
-  progress = _Progress()
-  buffers = [shuffle_buffer(t, len(read), shuffle_budget) for t in read]
+  sizing, progress = _Progress("sizing the training tasks (validating files not in the scan cache)"), _Progress()
+  buffers = []
+  for t in read:
+    _check_not_empty(t)
+    buffers.append(shuffle_buffer(t, len(read), shuffle_budget))
+    sizing(len(buffers), len(read))
 
   def own(i):
     return _task_stream(read[i], lengths, seed=seed, shard_info=shard_info, use_cached=use_cached,
@@ -266,21 +285,37 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
 
 
 def numpy_batches(ds: tf.data.Dataset, stats: StreamStats | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """The batches as numpy; each one delivered adds its examples to `stats.examples_trained`."""
-  for batch in ds.as_numpy_iterator():
+  """The batches as numpy; each one delivered adds its examples to `stats.examples_trained`.
+
+  A UserError raised inside the stream (a data file that changed after it was validated) reaches the caller
+  as that UserError, not as TensorFlow's wrapping of it.
+  """
+  it = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      if m := _USER_ERROR.search(e.message or ""):
+        raise UserError(m.group(1)) from None
+      raise
     if stats is not None:
       stats.delivered(batch)
     yield batch
 
 
-class _Progress:
-  """Logs how many task streams are built, at most every `every` seconds (start-up of large mixtures)."""
+_USER_ERROR = re.compile(r"(?:itjax\.errors\.)?UserError: ([^\n]+)")
 
-  def __init__(self, every: float = 10.0):
-    self.every, self.start, self.last = every, time.monotonic(), time.monotonic()
+
+class _Progress:
+  """Logs how many tasks a start-up phase has done, at most every `every` seconds (large mixtures)."""
+
+  def __init__(self, what: str = "building the training stream", every: float = 10.0):
+    self.what, self.every, self.start, self.last = what, every, time.monotonic(), time.monotonic()
 
   def __call__(self, done: int, total: int) -> None:
     now = time.monotonic()
     if total > 1 and (now - self.last >= self.every or (done == total and now - self.start >= self.every)):
       self.last = now
-      log.info("building the training stream: %d of %d tasks (%.0f s)", done, total, now - self.start)
+      log.info("%s: %d of %d tasks (%.0f s)", self.what, done, total, now - self.start)

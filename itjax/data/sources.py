@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from itjax.errors import UserError
+
 Example = dict  # field name -> str, plus "answer": str and "options": list[str]
 
 
@@ -55,21 +57,48 @@ class TfdsSource(seqio.TfdsDataSource):
   """
 
   def __init__(self, *args, max_examples: Mapping[str, int] | None = None, **kwargs):
-    super().__init__(*args, **kwargs)
+    # read_only: never download_and_prepare (nothing downloads from a dataset hub); absent data is a UserError.
+    super().__init__(*args, read_only=True, **kwargs)
     self._max = dict(max_examples or {})
+
+  def _unprepared(self, split: str) -> UserError | None:
+    """The UserError to raise when the dataset's data is not in the TFDS data directory, else None."""
+    try:
+      builder = self.tfds_dataset._get_builder(split)  # noqa: SLF001  (seqio memoizes it)
+      if builder.is_prepared():
+        return None
+    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds for an unknown name or an unreadable dir
+      return UserError(f"TFDS dataset {self.tfds_dataset.name!r}: cannot open it ({type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:200]})")
+    return UserError(f"TFDS dataset {self.tfds_dataset.name!r} is not prepared in {builder.data_dir_root} (set "
+                     f"TFDS_DATA_DIR to where it is, or prepare it with `tfds build "
+                     f"{self.tfds_dataset.name.split(':')[0]}` on a machine with network access)")
+
+  def _read(self, split: str, fn):
+    """`fn()`, with a failure that comes from absent data (not from a bug) turned into a UserError."""
+    try:
+      return fn()
+    except Exception:
+      if (err := self._unprepared(split)) is not None:
+        raise err from None
+      raise
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return self._read(split, lambda: super(TfdsSource, self).list_shards(split))
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached: bool = False,
                   num_epochs: int | None = 1) -> tf.data.Dataset:
     cap = self._max.get(split)
-    ds = super().get_dataset(split=split, shuffle=shuffle and cap is None, seed=seed, shard_info=shard_info,
-                             sequence_length=sequence_length, use_cached=use_cached, num_epochs=num_epochs)
+    ds = self._read(split, lambda: super(TfdsSource, self).get_dataset(
+        split=split, shuffle=shuffle and cap is None, seed=seed, shard_info=shard_info,
+        sequence_length=sequence_length, use_cached=use_cached, num_epochs=num_epochs))
     if cap is not None:
       ds = ds.take(shard_quota(cap, shard_info))
     return add_split(ds, split)
 
   def num_input_examples(self, split: str) -> int | None:
-    n = super().num_input_examples(split)
+    n = self._read(split, lambda: super(TfdsSource, self).num_input_examples(split))
     cap = self._max.get(split)
     return n if cap is None or n is None else min(n, cap)
 

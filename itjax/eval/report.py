@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from itjax.errors import make_dirs
 from itjax.eval import figures
 
 
@@ -285,7 +286,7 @@ def write_report(out_dir: str, sets: Mapping[str, tuple[list[dict], Mapping[str,
   report.json: {"title", "metrics" (every set's, known ones first), "metric_titles", "baselines",
   "checkpoints", **extra, "sets": {name: summarize_set(...) [+ "selection"]}}.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  make_dirs(out_dir, "the report directory")
   summary = {}
   for name, (rows, _, scores) in sets.items():
     sel = (selections or {}).get(name)

@@ -16,6 +16,7 @@ from itjax.core.distributed import broadcast_json
 from itjax.errors import UserError
 from itjax.eval.evaluator import evaluated_splits, run_eval
 from itjax.eval.report import METRIC_TITLES
+from itjax.eval.settings import EvalSettings
 
 
 class TrainingEval:
@@ -26,6 +27,7 @@ class TrainingEval:
     self.interface, self.mesh, self.rules = interface, mesh, rules
     self.eval_mixtures, self.lengths = dict(eval_mixtures), dict(task_feature_lengths)
     self.model_dir, self.train_mixture, self.vocabulary = model_dir, train_mixture, vocabulary
+    EvalSettings()  # gin's eval_settings are checked now, not after training
 
   def splits(self) -> tuple[str, ...]:
     return evaluated_splits()

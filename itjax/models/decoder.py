@@ -16,7 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from itjax.errors import UserError
 from itjax.models import peft_hooks
+from itjax.models.config_checks import check_fields
 from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init
 from itjax.models.peft_hooks import PeftConfig
 
@@ -46,6 +48,10 @@ class DecoderConfig(Numerics):
   peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
 
   def __post_init__(self):
+    check_fields(self)
+    if self.num_heads % self.num_kv_heads:
+      raise UserError(f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
+                      f"DecoderConfig.num_kv_heads={self.num_kv_heads} (grouped-query attention)")
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))

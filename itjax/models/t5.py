@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from itjax.errors import UserError
 from itjax.models import peft_hooks
+from itjax.models.config_checks import check_fields
 from itjax.models.decoder import remat_policy
 from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init
 from itjax.models.peft_hooks import PeftConfig
@@ -57,8 +59,11 @@ class T5Config(Numerics):
   peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
 
   def __post_init__(self):
+    check_fields(self, minimum={"eos_id": 0})
+    if not 0 <= self.dropout_rate < 1:
+      raise UserError(f"T5Config.dropout_rate={self.dropout_rate!r} must be in [0, 1)")
     if self.mlp_activation not in _MLP_ACTIVATIONS:
-      raise ValueError(f"unknown mlp_activation {self.mlp_activation!r}; expected one of {_MLP_ACTIVATIONS}")
+      raise UserError(f"unknown mlp_activation {self.mlp_activation!r}; expected one of {_MLP_ACTIVATIONS}")
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
 
   @property

@@ -82,6 +82,7 @@ class Engine:
     self.vocab = loaded.tokenizer  # the tokenizer it was trained or converted with
     self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
     self.context = self.cfg.max_decode_length
+    self.vocab_size = self.cfg.vocab_size  # token-id prompts must lie below it (the embedding would clamp them)
     self.batches = 0  # decoding calls made (for tests and logs)
     self._queue: queue.Queue[_Job | None] = queue.Queue()
     self._seed = np.random.SeedSequence().entropy % (2**31)

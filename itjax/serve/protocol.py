@@ -115,8 +115,8 @@ def _common(body: Any, served: str, chat: bool) -> Request:
       include_usage=bool(isinstance(options, dict) and options.get("include_usage")))
 
 
-def parse_completion(body: Any, served: str, encode) -> Request:
-  """A /v1/completions request; `encode(str) -> list[int]`."""
+def parse_completion(body: Any, served: str, encode, vocab_size: int | None = None) -> Request:
+  """A /v1/completions request; `encode(str) -> list[int]`; token-id prompts must lie in [0, vocab_size)."""
   req = _common(body, served, chat=False)
   prompt = body.get("prompt")
   if isinstance(prompt, str):
@@ -131,6 +131,10 @@ def parse_completion(body: Any, served: str, encode) -> Request:
   else:
     raise BadRequest("'prompt' must be a string, a list of strings, a list of token ids or a list of such lists",
                      "prompt")
+  if vocab_size is not None and not isinstance(prompt, str) and not all(isinstance(p, str) for p in prompt):
+    bad = next((t for p in req.prompts for t in p if not 0 <= t < vocab_size), None)
+    if bad is not None:
+      raise BadRequest(f"'prompt' token id {bad} is outside the model's vocabulary (0..{vocab_size - 1})", "prompt")
   return req
 
 

@@ -144,7 +144,7 @@ class Server:
     if chat:
       req = protocol.parse_chat(body, self.model_name, encode, vocab.eos_id)
     else:
-      req = protocol.parse_completion(body, self.model_name, encode)
+      req = protocol.parse_completion(body, self.model_name, encode, self.engine.vocab_size)
     for p in req.prompts:
       why = self.engine.check_length(len(p), req.max_tokens)
       if why:

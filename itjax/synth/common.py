@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from itjax.errors import UserError
+from itjax.errors import UserError, make_dirs
 from itjax.synth import finalize as fin
 from itjax.synth.mixins import Mixin
 from itjax.synth.progress import Journal, Progress
@@ -41,7 +41,7 @@ class Run:
     self.command, self.cfg, self.teacher = command, run, teacher
     if os.path.exists(run.output_dir) and not os.path.isdir(run.output_dir):
       raise UserError(f"--output_dir {run.output_dir}: exists and is not a directory")
-    os.makedirs(run.output_dir, exist_ok=True)
+    make_dirs(run.output_dir, "the output directory")
     self.progress = Progress(run.output_dir, command, {**settings, "teacher": teacher.describe()},
                              live=lambda: {"teacher_requests": teacher.summary()})
     self.journals: list[Journal] = []

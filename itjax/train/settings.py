@@ -5,7 +5,7 @@ data stream, checkpointing and the objective have their own settings:
 
     train.model_dir, mixture_or_task_name, task_feature_lengths, train_steps, batch_size, model_config,
           seed, initial_checkpoint_path, eval_mixtures, eval_period, log_every, num_microbatches,
-          peft, objective (default @sft()), peak_flops_per_device
+          peft, objective (default @sft()), peak_flops_per_device, preempted_exit_code
     stream_settings.pack, packer, dedup, decontaminate, data_shards
     checkpoint_settings.period, keep, best_metric, best_mode, keep_best
     sft.z_loss, label_smoothing, loss_normalizing_factor
@@ -102,6 +102,7 @@ class TrainSettings:
   log_every: int = 10
   num_microbatches: int = 1
   peak_flops_per_device: float | None = None
+  preempted_exit_code: int = 75
   objective: Objective = dataclasses.field(default_factory=CrossEntropy)
   stream: StreamSettings = dataclasses.field(default_factory=StreamSettings)
   checkpoints: CheckpointSettings = dataclasses.field(default_factory=CheckpointSettings)
@@ -111,6 +112,9 @@ class TrainSettings:
     _check_int("train.batch_size", self.batch_size, 1)
     _check_int("train.log_every", self.log_every, 1)
     _check_int("train.num_microbatches", self.num_microbatches, 1)
+    _check_int("train.preempted_exit_code", self.preempted_exit_code, 3)
+    if self.preempted_exit_code > 255:
+      raise UserError(f"train.preempted_exit_code={self.preempted_exit_code} must be at most 255 (an exit status)")
     if self.eval_period is not None:
       _check_int("train.eval_period", self.eval_period, 1)
     lengths = self.task_feature_lengths
@@ -139,7 +143,7 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
                    initial_checkpoint_path: str | None = None, eval_mixtures: Mapping[str, str] | None = None,
                    eval_period: int | None = None, log_every: int = 10, num_microbatches: int = 1,
                    peft: PeftConfig | None = None, objective: Objective | None = None,
-                   peak_flops_per_device: float | None = None) -> TrainSettings:
+                   peak_flops_per_device: float | None = None, preempted_exit_code: int = 75) -> TrainSettings:
   """The run gin describes (T5X's `train` macros; stream, checkpoint and objective settings beside it).
 
   model_config: a `DecoderConfig` (decoder-only, PrefixLM features) or a `T5Config` (encoder-decoder,
@@ -152,6 +156,9 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
     (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.
   objective: what the step minimizes (default `@sft()`, token cross-entropy).
   peak_flops_per_device: for the `mfu` metric; default: known TPU/GPU peaks, no MFU on CPU.
+  preempted_exit_code: the exit status of `itjax train` when SIGTERM stopped it before TRAIN_STEPS, after
+    saving (default 75, EX_TEMPFAIL: "try again"), so that a scheduler or a shell loop requeues it; a
+    finished run exits 0, a user error 2. Must be 3..255.
   """
   peft = peft if peft is not None else getattr(model_config, "peft", None)  # DecoderConfig.peft = @lora() too
   if peft is not None:
@@ -162,5 +169,6 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
       train_steps=train_steps, batch_size=batch_size, model_config=model_config, seed=seed,
       initial_checkpoint_path=initial_checkpoint_path, eval_mixtures=eval_mixtures, eval_period=eval_period,
       log_every=log_every, num_microbatches=num_microbatches, peak_flops_per_device=peak_flops_per_device,
+      preempted_exit_code=preempted_exit_code,
       objective=objective if objective is not None else CrossEntropy(), stream=StreamSettings(),
       checkpoints=CheckpointSettings())

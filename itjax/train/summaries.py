@@ -28,10 +28,32 @@ def _drop_partial_line(path: str) -> None:
       f.truncate(tail_start + tail.rfind(b"\n") + 1 if b"\n" in tail else tail_start)
 
 
+def _drop_steps_after(path: str, step: int) -> None:
+  """A resumed run replays the steps after its checkpoint: their records from the lost run are removed first, so
+  that each step is written once (rewritten atomically; a line that is not a record is kept)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+
+  def after(line: str) -> bool:
+    try:
+      return int(json.loads(line).get("step", -1)) > step
+    except (ValueError, TypeError, AttributeError):
+      return False
+
+  keep = [line for line in lines if not after(line)]
+  if len(keep) < len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 def latest_per_step(records: list[dict]) -> dict[int, dict]:
   """Records of metrics.jsonl merged per step (train and eval scalars are separate records).
 
-  After a resume, the steps after the last checkpoint appear twice: the later value wins.
+  Each step's train record is written once (a resume first drops the replayed steps' records); should a
+  file still hold two, the later value wins.
   """
   out: dict[int, dict] = {}
   for r in records:
@@ -55,9 +77,11 @@ class MetricsWriter:
       return
     from tensorboardX import SummaryWriter  # local: heavy import, process 0 only
 
-    self.tb = SummaryWriter(os.path.join(model_dir, "train"))
+    # purge_step: TensorBoard discards the events the lost run wrote after the checkpoint resumed from.
+    self.tb = SummaryWriter(os.path.join(model_dir, "train"), purge_step=start_step + 1 if start_step else None)
     path = os.path.join(model_dir, "metrics.jsonl")
     _drop_partial_line(path)
+    _drop_steps_after(path, start_step)
     self.jsonl = open(path, "a")
     self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stdout,
                     dynamic_ncols=True, mininterval=1.0)

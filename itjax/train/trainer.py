@@ -39,7 +39,7 @@ from itjax.data.stream_stats import StreamStats
 from itjax.data.truncation import KEEP_START
 from itjax.data.truncation import run_default as run_truncation
 from itjax.data.vocab import check_vocabulary_fits, load_vocabulary
-from itjax.errors import UserError
+from itjax.errors import UserError, make_dirs
 from itjax.models.features import FeatureLayout
 from itjax.train import perf
 from itjax.train.build import Built, build
@@ -131,7 +131,8 @@ def write_operative_config(model_dir: str) -> None:
 
 def train(settings: TrainSettings | None = None, *, evaluator: EvaluatorFactory | None = None,
           evaluate_at_end: bool = True) -> dict:
-  """Trains until `settings.train_steps` (total, counting resumed steps); returns the last metrics.
+  """Trains until `settings.train_steps` (total, counting resumed steps); returns the last metrics, with
+  "preempted" (SIGTERM stopped it first, after saving) and the command's "exit_status".
 
   settings: default `train_settings()`, i.e. what gin says. evaluator: builds the in-loop / final
   evaluation (needed when EVAL_MIXTURES is set). evaluate_at_end: the final report (init vs last step).
@@ -141,6 +142,7 @@ def train(settings: TrainSettings | None = None, *, evaluator: EvaluatorFactory 
 
 
 def _check(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: bool) -> None:
+  run_truncation()  # gin's truncation.default is checked now, not when the stream is built
   require_task(s.mixture_or_task_name)
   for name in (s.eval_mixtures or {}).values():
     require_task(name)
@@ -158,7 +160,7 @@ def _prepare_model_dir(s: TrainSettings) -> tuple[str, seqio.Vocabulary]:
   The tokenizer: gin's vocabulary.path, else the one the initial checkpoint was trained or converted with.
   """
   model_dir = os.path.abspath(s.model_dir)
-  os.makedirs(model_dir, exist_ok=True)
+  make_dirs(model_dir, "MODEL_DIR")
   init_dir = find_model_dir(s.initial_checkpoint_path) if s.initial_checkpoint_path else None
   path = core_vocabulary.tokenizer_path(model_dir_tokenizer(init_dir) if init_dir else None)
   vocabulary = load_vocabulary(path)
@@ -195,6 +197,10 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
       b = b.with_trainable(b.trainable.from_meta(meta, os.path.join(ckpt.directory, str(start))))
       start_batch, saved_shards = meta["data"]["batches"], meta["data"].get("shards")
       log.info("resumed from step %d (data position %d batches)", start, start_batch)
+      if (saved := meta.get("topology")) and saved != _topology(b.mesh):
+        log.warning("resuming on another topology: step %d was saved on %s, this run has %s (the state is "
+                    "resharded on load; the data stream is unchanged)", start, _describe(saved),
+                    _describe(_topology(b.mesh)))
     else:
       start, start_batch = 0, 0
       state = b.trainable.start(state, shardings, b.optimizer, s.initial_checkpoint_path)
@@ -218,7 +224,7 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
                            truncation=run_truncation())
     loop = Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, s.train_steps, start),
                 stream_stats=stream_stats, start=start, start_batch=start_batch, seed=s.seed,
-                data_shards=data_shards, meta=b.trainable.checkpoint_meta(),
+                data_shards=data_shards, meta={**b.trainable.checkpoint_meta(), "topology": _topology(b.mesh)},
                 num_params=int(perf.count_params((state.params, frozen)) * b.interface.active_param_fraction),
                 peak_flops=s.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
     step, state = _steps(s, b, state, frozen, batches, loop, ev, preempt, start)
@@ -236,7 +242,20 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
     with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
       init = b.trainable.baseline_params(frozen.get("base"), shardings, b.mesh, b.rules, jax.random.key(s.seed))
     ev.final({"init": init, f"step_{step}": b.trainable.full_params(state.params, frozen.get("base"))}, step)
-  return {"step": step, **loop.metrics}
+  preempted = step < s.train_steps
+  return {"step": step, **loop.metrics, "preempted": preempted,
+          "exit_status": s.preempted_exit_code if preempted else 0}
+
+
+def _topology(mesh: Any) -> dict:
+  """What a checkpoint records of the run that saved it: its mesh, devices and processes."""
+  return {"mesh": dict(zip(mesh.axis_names, (int(n) for n in mesh.devices.shape), strict=True)),
+          "devices": jax.device_count(), "processes": jax.process_count()}
+
+
+def _describe(topology: dict) -> str:
+  mesh = " x ".join(f"{k}={v}" for k, v in topology.get("mesh", {}).items())
+  return f"mesh {mesh} ({topology.get('devices')} devices, {topology.get('processes')} processes)"
 
 
 def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterator, loop: Loop,
@@ -264,8 +283,10 @@ def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterat
         eval_metrics = ev.evaluate(step, b.trainable.full_params(state.params, frozen.get("base")))
         loop.write_eval(step, eval_metrics, time.time() - t0)
       loop.checkpoint(step, state, force=eval_metrics is not None and best, metrics=eval_metrics)
-    if step < s.train_steps:
-      log.warning("SIGTERM: saving step %d and stopping", step)
     loop.log()
     loop.checkpoint(step, state, force=True)
+    if step < s.train_steps:
+      loop.ckpt.wait()
+      log.warning("SIGTERM: saved step %d of %d; the run is incomplete: run the same command to resume "
+                  "(exit status %d)", step, s.train_steps, s.preempted_exit_code)
   return step, state

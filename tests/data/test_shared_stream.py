@@ -2,7 +2,9 @@
 each task's own pipeline, the mixture's rates, deterministic and resumable, sharded without overlap."""
 
 import collections
+import functools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import seqio
 
 from itjax.data import pipeline, shared_stream
 from itjax.data.jsonl import register_jsonl_task
-from itjax.data.pipeline import train_dataset, train_examples
+from itjax.data.pipeline import numpy_batches, train_dataset, train_examples
 from itjax.data.pretemplated import register_pretemplated_dataset
 from itjax.errors import UserError
 
@@ -130,3 +132,29 @@ def test_a_bad_file_is_a_user_error_when_the_stream_is_built(tmp_path):
     seqio.MixtureRegistry.remove("ss_badmix")
     for n in names:
       seqio.TaskRegistry.remove(n)
+
+
+def test_start_up_logs_its_progress(mixture, monkeypatch, caplog):
+  monkeypatch.setattr(pipeline, "_Progress", functools.partial(pipeline._Progress, every=0.0))
+  with caplog.at_level(logging.INFO, logger="itjax"):
+    train_dataset("ss_mix", LENGTHS, 4, seed=0)
+  assert "sizing the training tasks (validating files not in the scan cache): 3 of 3 tasks" in caplog.text
+  assert "building the training stream: 3 of 3 tasks" in caplog.text
+
+
+def test_a_file_changed_after_validation_is_a_user_error_from_the_stream(tmp_path, monkeypatch):
+  monkeypatch.setattr(shared_stream, "MEM_CACHE_ROWS", 0)  # read the file again every epoch
+  path = _write(tmp_path / "changing.jsonl", "chg", 6)
+  names = register_jsonl_task("ss_chg", {"train": path}, "prompt_completion")
+  seqio.MixtureRegistry.add("ss_chgmix", [(names[0], 1.0)])
+  try:
+    batches = numpy_batches(train_dataset("ss_chgmix", LENGTHS, 2, seed=0))
+    next(batches)
+    with open(path, "w") as f:
+      f.write(json.dumps({"prompt": "fine", "completion": "yes"}) + "\n{broken\n")
+    with pytest.raises(UserError, match=r"changing\.jsonl:2: invalid JSON.*changed after it was validated"):
+      for _ in range(200):
+        next(batches)
+  finally:
+    seqio.MixtureRegistry.remove("ss_chgmix")
+    seqio.TaskRegistry.remove(names[0])

@@ -29,6 +29,15 @@ def test_completion_defaults_and_prompt_forms():
   assert _completion(max_tokens=None, max_completion_tokens=9).max_tokens == 9
 
 
+@pytest.mark.parametrize("prompt, bad", [([5, 300], 300), ([[1], [-1, 2]], -1), ([256], 256)])
+def test_token_ids_outside_the_vocabulary_are_a_400(prompt, bad):
+  with pytest.raises(BadRequest, match=f"token id {bad} is outside the model's vocabulary \\(0..255\\)") as e:
+    protocol.parse_completion({"model": "m", "prompt": prompt}, "m", encode, vocab_size=256)
+  assert e.value.param == "prompt" and e.value.status == 400
+  assert protocol.parse_completion({"model": "m", "prompt": [0, 255]}, "m", encode, vocab_size=256).prompts == [
+      [0, 255]]
+
+
 @pytest.mark.parametrize("body, param", [
     ({"prompt": None}, "prompt"),
     ({"prompt": []}, "prompt"),

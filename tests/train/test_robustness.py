@@ -44,21 +44,27 @@ def test_sigkill_and_restart_match_uninterrupted_run(reference, tmp_path):
   os.makedirs(ckpts / f"{last + 2}.orbax-checkpoint-tmp-1790000000" / "state")
   assert train(d, f"--gin.TRAIN_STEPS={REF_STEPS}", "--gin.CHECKPOINT_PERIOD=2") == 0
   assert losses(d) == losses(reference), note  # bitwise: the same floats
+  with open(d / "metrics.jsonl") as f:  # the replayed steps are not written twice
+    steps = [r["step"] for r in map(json.loads, f) if "loss" in r]
+  assert steps == sorted(set(steps)), note
   assert_trees_equal(checkpoint_state(d), checkpoint_state(reference))
   assert os.path.isdir(ckpts / f"{last + 1}.incomplete")
   assert not any("orbax-checkpoint-tmp" in n for n in os.listdir(ckpts))
 
 
-def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
+def test_sigterm_saves_the_current_step_and_exits_with_the_requeue_status(tmp_path):
+  """Stopped before TRAIN_STEPS: saved, said so, and exit status 75 (train.preempted_exit_code), not 0."""
   d = tmp_path / "run"
   proc = spawn(d, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=1000")
   try:
     seen = wait_for_step(d, proc, 3)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=120) == 75
   finally:
     proc.kill()
+  log = (tmp_path / "log.txt").read_text()
   last_logged = max(losses(d))
+  assert f"SIGTERM: saved step {last_logged} of 100000; the run is incomplete" in log and "(exit status 75)" in log
   assert last_logged >= seen
   assert complete_steps(d / "checkpoints") == [last_logged]
   with open(d / "checkpoints" / str(last_logged) / "meta" / "metadata") as f:
@@ -71,11 +77,15 @@ def _resume_copy(reference, d, step: int) -> None:
   shutil.copytree(reference / "checkpoints" / str(step), d / "checkpoints" / str(step))
 
 
-def test_resume_on_another_mesh_continues_the_run(reference, tmp_path):
-  """Checkpoint 8 of an (8, 1, 1) run, resumed on (2, 4, 1): params resharded (fsdp=4) on load."""
+def test_resume_on_another_mesh_continues_the_run(reference, tmp_path, caplog):
+  """Checkpoint 8 of an (8, 1, 1) run, resumed on (2, 4, 1): params resharded (fsdp=4) on load, and the log says so."""
   d = tmp_path / "run"
   _resume_copy(reference, d, 8)
-  assert train(d, "--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=2", "--gin.create_mesh.mesh_shape=(2,4,1)") == 0
+  with caplog.at_level("WARNING", logger="itjax"):
+    assert train(d, "--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=2",
+                 "--gin.create_mesh.mesh_shape=(2,4,1)") == 0
+  assert re.search(r"resuming on another topology: step 8 was saved on mesh \w+=8 x \w+=1 x \w+=1 \(8 devices, "
+                   r"1 processes\), this run has mesh \w+=2 x \w+=4 x \w+=1", caplog.text), caplog.text
   ref, got = losses(reference), losses(d)
   assert sorted(got) == [9, 10, 11, 12]
   np.testing.assert_allclose([got[s] for s in got], [ref[s] for s in got], rtol=1e-5)
@@ -125,3 +135,77 @@ def test_non_finite_loss_stops_naming_the_step_without_checkpointing_it(tmp_path
   for s in saved:
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(checkpoint_state(d, s))
                if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+FAILING_SOURCE = '''
+"""A task whose source fails after some examples: a crash in the data pipeline mid-run."""
+import itertools
+from itjax.data.sources import procedural_source
+from itjax.data.tasks import register_instruction_task
+from itjax.data.templates import Template
+
+count = itertools.count()
+
+
+def generate(rng):
+  if next(count) > 300:
+    raise RuntimeError("the data source broke")
+  return {"x": str(rng.randint(0, 99)), "answer": "ok"}
+
+
+register_instruction_task("crash_src", "c", procedural_source(generate, ("x",), {"train": 100000}, seed=0),
+                          [Template("Say {x}")], fields=("x",), has_options=False, shuffle_buffer_size=16)
+'''
+
+
+@pytest.mark.parametrize("failure", ["divergence", "data_crash"])
+def test_a_failed_run_exits_in_bounded_time(tmp_path, failure):
+  """Async checkpointing, data prefetch threads and the metrics writer never keep a failed run alive: it exits
+  within the limit, with 2 for a user-facing error and 1 (a traceback) for a crash."""
+  d = tmp_path / "run"
+  if failure == "divergence":
+    extra = ["--gin.LEARNING_RATE=1e30", "--gin.train.log_every=100"]
+  else:
+    module = tmp_path / "crash_tasks.py"
+    module.write_text(FAILING_SOURCE)
+    extra = [f"--tasks_module={module}", "--gin.MIXTURE_OR_TASK_NAME='crash_src_zs_noopt'"]
+  proc = spawn(d, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=1", *extra)
+  try:
+    code = proc.wait(timeout=240)
+  finally:
+    proc.kill()
+  log = (tmp_path / "log.txt").read_text()
+  if failure == "divergence":
+    assert code == 2 and re.search(r"itjax: error: non-finite .* at step \d+", log), log[-2000:]
+  else:
+    assert code == 1 and "the data source broke" in log, log[-2000:]
+
+
+def test_a_damaged_latest_checkpoint_is_refused_naming_it_and_the_previous_step(reference, tmp_path, capsys):
+  """The documented policy: refuse (exit 2), naming the damaged step dir and the step that moving it aside resumes
+  from; never a traceback from tensorstore, never a silent fallback."""
+  d = tmp_path / "run"
+  _resume_copy(reference, d, 6)
+  shutil.copytree(reference / "checkpoints" / "8", d / "checkpoints" / "8")
+  state_files = [os.path.join(r, f) for r, _, fs in os.walk(d / "checkpoints" / "8" / "state") for f in fs]
+  biggest = max(state_files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  assert train(d, "--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=2") == 2
+  err = capsys.readouterr().err
+  step8 = d / "checkpoints" / "8"
+  assert f"itjax: error: checkpoint {step8} cannot be restored" in err, err[-3000:]
+  assert f"mv {step8} {step8}.damaged) to resume from step 6" in err and "Traceback" not in err
+  os.rename(step8, f"{step8}.damaged")  # what the message says to do
+  assert train(d, "--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=2") == 0
+  assert losses(d) == {k: v for k, v in losses(reference).items() if 7 <= k <= 12}
+
+
+def test_incomplete_checkpoints_follow_the_retention_of_complete_ones(tmp_path):
+  from itjax.core.checkpoints import clean_incomplete
+
+  for step in range(1, 6):
+    os.makedirs(tmp_path / str(step) / "state")  # no commit marker: incomplete
+  os.makedirs(tmp_path / "2.incomplete")  # moved aside by an earlier run
+  clean_incomplete(str(tmp_path), keep=2)
+  assert sorted(os.listdir(tmp_path)) == ["4.incomplete", "5.incomplete"]
