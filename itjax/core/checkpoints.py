@@ -144,7 +144,7 @@ class Checkpointer:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                                meta=ocp.args.JsonRestore()))
-    except (ValueError, OSError, RuntimeError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise bare Exceptions for unreadable data
       earlier = [s for s in self.all_steps() if s < step]
       then = (f"move it aside (mv {step_dir} {step_dir}.damaged) to resume from step {earlier[-1]}" if earlier
               else f"move it aside (mv {step_dir} {step_dir}.damaged) to start again from step 0")
