@@ -208,7 +208,8 @@ def _check_flag_macros(bindings: Sequence[str]) -> None:
   for b in bindings:
     name = b.partition("=")[0].strip()
     if name and "." not in name and "/" not in name and name not in used:
-      raise UserError(f"--gin.{b}: no gin file or binding uses %{name}, so it would change nothing"
+      flag = "--model_dir" if name == "MODEL_DIR" else f"--gin.{b}"
+      raise UserError(f"{flag}: no gin file or binding uses %{name}, so it would change nothing"
                       f"{_close(name, sorted(used))}")
 
 

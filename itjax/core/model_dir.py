@@ -68,7 +68,7 @@ def load_model_config(path: str) -> Any:
     raise UserError(f"{file}: unknown {arch} config fields {sorted(unknown)}")
   try:
     return family.config_cls(**blob["config"])
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, UserError) as e:
     raise UserError(f"{file}: bad {arch} config ({e})") from None
 
 

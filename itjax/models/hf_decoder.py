@@ -308,7 +308,7 @@ def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[DecoderConfi
   `overrides` replace DecoderConfig fields (e.g. scan_layers=True, param_dtype="bfloat16").
   """
   path = os.fspath(path)
-  cfg = config_from_hf(hf_io.read_config(path), **overrides)
+  cfg = hf_io.config_of(path, lambda c: config_from_hf(c, **overrides))
   return cfg, params_from_hf(cfg, hf_io.read_tensors(path))
 
 

@@ -117,6 +117,15 @@ def read_config(path: str) -> dict[str, Any]:
   return config
 
 
+def config_of(path: str, build: Callable[[dict[str, Any]], Any]) -> Any:
+  """`build(config.json)` for an HF directory, a bad value (wrong type, out of range) naming the file."""
+  config = read_config(path)
+  try:
+    return build(config)
+  except (UserError, TypeError, ValueError) as e:
+    raise UserError(f"{os.path.join(path, 'config.json')}: {e}") from None
+
+
 def read_tensors(path: str) -> SafetensorsTensors:
   """A lazy view of an HF directory's safetensors weights."""
   return SafetensorsTensors(weight_files(path))
@@ -128,14 +137,24 @@ class SafetensorsTensors(Mapping):
   def __init__(self, files: list[str]):
     self._where: dict[str, Any] = {}
     for file in files:
-      handle = safe_open(file, framework="np")
+      try:
+        handle = safe_open(file, framework="np")
+      except Exception as e:  # noqa: BLE001 -- safetensors' SafetensorError is not importable as a stable name
+        raise UserError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())[:200]}); it may be "
+                        "truncated: download or save it again") from None
       for name in handle.keys():
         if name in self._where:
           raise UserError(f"tensor {name!r} appears in more than one safetensors file ({file})")
         self._where[name] = handle
 
   def __getitem__(self, name: str) -> np.ndarray:
-    return self._where[name].get_tensor(name)
+    try:
+      return self._where[name].get_tensor(name)
+    except KeyError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- a damaged file fails here, on first read
+      raise UserError(f"tensor {name!r}: cannot be read ({' '.join(str(e).split())[:200]}); its safetensors file "
+                      "may be truncated: download or save it again") from None
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._where)

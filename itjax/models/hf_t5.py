@@ -277,7 +277,7 @@ def load_hf_dir(path: str | os.PathLike, **overrides: Any) -> tuple[T5Config, Pa
   `shared.weight` is untied, as transformers does.
   """
   path = os.fspath(path)
-  cfg = config_from_hf(hf_io.read_config(path), **overrides)
+  cfg = hf_io.config_of(path, lambda c: config_from_hf(c, **overrides))
   tensors = hf_io.read_tensors(path)
   if cfg.tie_embeddings and "tie_embeddings" not in overrides and "lm_head.weight" in tensors:
     head = tensors["lm_head.weight"]

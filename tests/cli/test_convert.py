@@ -92,3 +92,76 @@ def test_convert_unknown_model_type_is_a_user_error(tmp_path, capsys):
   (tmp_path / "config.json").write_text('{"model_type": "bart"}')
   assert main(["convert", "--from_hf", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
   assert "unsupported model_type 'bart'" in capsys.readouterr().err
+
+
+def _copy_hf(src, dst):
+  dst.mkdir()
+  for f in src.iterdir():
+    (dst / f.name).write_bytes(f.read_bytes())
+  return dst
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncate_weights", ".safetensors: not a readable safetensors file"),
+    ("garbage_weights", ".safetensors: not a readable safetensors file"),
+    ("truncate_config", "config.json"),
+    ("string_layers", "config.json: "),
+    ("zero_heads", "config.json"),
+    ("config_not_object", "config.json"),
+])
+def test_damaged_hf_directories_are_one_line_errors_naming_the_file(hf_llama, tmp_path, capsys, damage, expected):
+  import json
+
+  d = _copy_hf(hf_llama[0], tmp_path / "hf")
+  (weights,), config = sorted(d.glob("*.safetensors")), d / "config.json"
+  cfg = json.loads(config.read_text())
+  if damage == "truncate_weights":
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+  elif damage == "garbage_weights":
+    weights.write_bytes(b"\x00" * 100)
+  elif damage == "truncate_config":
+    config.write_text(config.read_text()[:40])
+  elif damage == "string_layers":
+    config.write_text(json.dumps({**cfg, "num_hidden_layers": "two"}))
+  elif damage == "zero_heads":
+    config.write_text(json.dumps({**cfg, "num_attention_heads": 0}))
+  else:
+    config.write_text("[1, 2]")
+  assert main(["convert", "--from_hf", str(d), "--output", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err
+  lines = [line for line in err.splitlines() if line.startswith("itjax: error:")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+  assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncated", "model_config.json: unreadable"),
+    ("wrong_type", "model_config.json: bad decoder config (DecoderConfig.emb_dim='32' must be an integer"),
+    ("unknown_field", "model_config.json: unknown decoder config fields ['no_such']"),
+    ("unknown_architecture", "model_config.json"),
+])
+def test_damaged_model_config_json_names_the_file(hf_llama, tmp_path, capsys, damage, expected):
+  import json
+
+  out = tmp_path / "out"
+  assert main(["convert", "--from_hf", str(hf_llama[0]), "--output", str(out)]) == 0
+  path = out / "model_config.json"
+  blob = json.loads(path.read_text())
+  if damage == "truncated":
+    path.write_text(path.read_text()[:30])
+  elif damage == "wrong_type":
+    blob["config"]["emb_dim"] = "32"
+    path.write_text(json.dumps(blob))
+  elif damage == "unknown_field":
+    blob["config"]["no_such"] = 1
+    path.write_text(json.dumps(blob))
+  else:
+    blob["architecture"] = "mamba9"
+    path.write_text(json.dumps(blob))
+  capsys.readouterr()
+  for argv in (["infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{out}'", "--input=hi"],
+               ["convert", "--to_hf", str(tmp_path / "back"), "--checkpoint", str(out)]):
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("itjax: error:")]
+    assert len(lines) == 1 and "Traceback" not in err and expected in lines[0], err[-3000:]
