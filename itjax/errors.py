@@ -9,6 +9,15 @@ class UserError(Exception):
   """A user mistake (config, data, checkpoint, task name); the CLI prints it as one line."""
 
 
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+  """`value` if it is an integer in [minimum, maximum], else a UserError naming the gin parameter `name`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise UserError(f"{name}={value!r} must be an integer >= {minimum}")
+  if maximum is not None and value > maximum:
+    raise UserError(f"{name}={value!r} must be at most {maximum}")
+  return value
+
+
 def make_dirs(path: str, what: str) -> str:
   """Creates directory `path` (and its parents) if missing; a path that is a file, sits under a file, or cannot be
   written is a UserError naming `what` (e.g. "MODEL_DIR") and the path. Returns `path`."""

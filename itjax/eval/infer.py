@@ -10,6 +10,7 @@ import jax
 
 from itjax.core.mesh import create_mesh, logical_axis_rules
 from itjax.core.model_dir import ModelDir
+from itjax.errors import check_int
 from itjax.eval.predict import predict
 
 
@@ -17,6 +18,8 @@ from itjax.eval.predict import predict
 def infer(*, inputs: Sequence[str], checkpoint_path: str = gin.REQUIRED, max_new_tokens: int = 64,
           batch_size: int = 16) -> list[str]:
   """Generates a continuation for each input (rendered as-is, then a newline, as templates end)."""
+  check_int("infer.max_new_tokens", max_new_tokens, 1)
+  check_int("infer.batch_size", batch_size, 1)
   mesh, rules = create_mesh(), logical_axis_rules()
   loaded = ModelDir.open(checkpoint_path).load(mesh, rules)
   vocab = loaded.tokenizer

@@ -6,7 +6,7 @@ import dataclasses
 
 import gin
 
-from itjax.errors import UserError
+from itjax.errors import check_int
 
 EVAL_SPLIT = "validation"
 
@@ -34,9 +34,11 @@ class EvalSettings:
 
   def __post_init__(self):
     for name in ("batch_size", "max_new_tokens"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise UserError(f"eval_settings.{name}={v!r} must be an integer >= 1")
+      check_int(f"eval_settings.{name}", getattr(self, name), 1)
+    if self.max_examples_per_task is not None:
+      check_int("eval_settings.max_examples_per_task", self.max_examples_per_task, 1)
+    if self.decontamination_examples_per_task is not None:  # 0: no scan
+      check_int("eval_settings.decontamination_examples_per_task", self.decontamination_examples_per_task, 0)
 
   @property
   def evaluated_splits(self) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from itjax.errors import UserError
+from itjax.errors import UserError, check_int
 
 
 def check_fields(cfg: Any, minimum: dict[str, int] | None = None) -> None:
@@ -22,9 +22,7 @@ def check_fields(cfg: Any, minimum: dict[str, int] | None = None) -> None:
     value, kind = getattr(cfg, f.name), str(f.type)
     where = f"{name}.{f.name}={value!r}"
     if kind == "int":
-      least = (minimum or {}).get(f.name, 1)
-      if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise UserError(f"{where} must be an integer >= {least}")
+      check_int(f"{name}.{f.name}", value, (minimum or {}).get(f.name, 1))
     elif kind == "float":
       if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise UserError(f"{where} must be a number")

@@ -21,18 +21,12 @@ from typing import Any
 
 import gin
 
-from itjax.errors import UserError
+from itjax.errors import UserError, check_int
 from itjax.models.features import PACKERS
 from itjax.models.peft_hooks import PeftConfig
 from itjax.peft.method import check_peft
 from itjax.train.objectives.base import Objective
 from itjax.train.objectives.cross_entropy import CrossEntropy
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise UserError(f"{name}={value!r} must be an integer >= {minimum}")
-  return value
 
 
 @gin.configurable("stream_settings")
@@ -59,7 +53,7 @@ class StreamSettings:
     if self.packer not in PACKERS:
       raise UserError(f"unknown packer {self.packer!r} (choose from {', '.join(PACKERS)})")
     if self.data_shards is not None:
-      _check_int("stream_settings.data_shards", self.data_shards, 1)
+      check_int("stream_settings.data_shards", self.data_shards, 1)
 
 
 @gin.configurable("checkpoint_settings")
@@ -78,9 +72,9 @@ class CheckpointSettings:
   keep_best: int = 1
 
   def __post_init__(self):
-    _check_int("checkpoint_settings.period", self.period, 1)
+    check_int("checkpoint_settings.period", self.period, 1)
     if self.keep is not None:
-      _check_int("checkpoint_settings.keep", self.keep, 1)
+      check_int("checkpoint_settings.keep", self.keep, 1)
     if self.best_mode not in ("max", "min"):
       raise UserError(f"checkpoint_settings.best_mode={self.best_mode!r}: expected max or min")
 
@@ -108,20 +102,18 @@ class TrainSettings:
   checkpoints: CheckpointSettings = dataclasses.field(default_factory=CheckpointSettings)
 
   def __post_init__(self):
-    _check_int("train.train_steps", self.train_steps, 0)
-    _check_int("train.batch_size", self.batch_size, 1)
-    _check_int("train.log_every", self.log_every, 1)
-    _check_int("train.num_microbatches", self.num_microbatches, 1)
-    _check_int("train.preempted_exit_code", self.preempted_exit_code, 3)
-    if self.preempted_exit_code > 255:
-      raise UserError(f"train.preempted_exit_code={self.preempted_exit_code} must be at most 255 (an exit status)")
+    check_int("train.train_steps", self.train_steps, 0)
+    check_int("train.batch_size", self.batch_size, 1)
+    check_int("train.log_every", self.log_every, 1)
+    check_int("train.num_microbatches", self.num_microbatches, 1)
+    check_int("train.preempted_exit_code", self.preempted_exit_code, 3, 255)
     if self.eval_period is not None:
-      _check_int("train.eval_period", self.eval_period, 1)
+      check_int("train.eval_period", self.eval_period, 1)
     lengths = self.task_feature_lengths
     if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
       raise UserError(f"TASK_FEATURE_LENGTHS={lengths!r}: expected {{'inputs': N, 'targets': M}}")
     for k, v in lengths.items():
-      _check_int(f"TASK_FEATURE_LENGTHS[{k!r}]", v, 1)
+      check_int(f"TASK_FEATURE_LENGTHS[{k!r}]", v, 1)
     if self.batch_size % self.num_microbatches:
       raise UserError(f"train.batch_size={self.batch_size} must divide by train.num_microbatches "
                       f"({self.num_microbatches})")

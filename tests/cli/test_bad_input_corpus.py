@@ -33,6 +33,9 @@ GIN_CASES = {
     "zero data shards": (["--gin.stream_settings.data_shards=0"], ["stream_settings.data_shards=0"]),
     "negative eval batch": (["--gin.eval_settings.batch_size=-2"], ["eval_settings.batch_size=-2"]),
     "zero new tokens": (["--gin.eval_settings.max_new_tokens=0"], ["eval_settings.max_new_tokens=0"]),
+    "zero eval examples": (["--gin.eval_settings.max_examples_per_task=0"], ["eval_settings.max_examples_per_task=0"]),
+    "string decontamination count": (["--gin.eval_settings.decontamination_examples_per_task='all'"],
+                                     ["eval_settings.decontamination_examples_per_task='all'"]),
     "string layer count": (["--gin.DecoderConfig.num_layers='two'"], ["DecoderConfig.num_layers='two'"]),
     "zero width": (["--gin.DecoderConfig.emb_dim=0"], ["DecoderConfig.emb_dim=0", ">= 1"]),
     "bool as size": (["--gin.DecoderConfig.mlp_dim=True"], ["DecoderConfig.mlp_dim=True"]),
@@ -86,6 +89,14 @@ def test_model_dir_that_is_a_file(capsys, tmp_path, where):
   path = blocker if where == "file" else blocker / "run"
   msg = one_line_error(capsys, "train", f"--gin_file={TINY}", f"--model_dir={path}")
   assert f"MODEL_DIR={path}" in msg and "file" in msg
+
+
+@pytest.mark.parametrize("flag, expected", [("--gin.infer.max_new_tokens=0", "infer.max_new_tokens=0"),
+                                            ("--gin.infer.batch_size='8'", "infer.batch_size='8'")])
+def test_bad_infer_settings(capsys, tmp_path, flag, expected):
+  msg = one_line_error(capsys, "infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{tmp_path}'",
+                       "--input=hi", flag)
+  assert expected in msg, msg
 
 
 def test_infer_input_file_that_does_not_exist(capsys, tmp_path):
