@@ -162,3 +162,39 @@ def test_checkpoint_written_by_both_processes_restores_on_one(eval_runs, tmp_pat
   for set_name, res in trained.items():
     for metric, by_ck in res["overall"].items():
       assert restored[set_name]["overall"][metric]["checkpoint"] == by_ck[f"step_{STEPS}"], (set_name, metric)
+
+
+ONE_HOST_FAILS = '''
+"""A task whose source fails on process 1 only, mid-run."""
+import itertools
+import jax
+from itjax.data.sources import procedural_source
+from itjax.data.tasks import register_instruction_task
+from itjax.data.templates import Template
+
+count = itertools.count()
+
+
+def generate(rng):
+  if jax.process_index() == 1 and next(count) > 300:
+    raise RuntimeError("process 1's data source broke")
+  return {"x": str(rng.randint(0, 99)), "answer": "ok"}
+
+
+register_instruction_task("crash_one", "c", procedural_source(generate, ("x",), {"train": 100000}, seed=0),
+                          [Template("Say {x}")], fields=("x",), has_options=False, shuffle_buffer_size=16)
+'''
+
+
+def test_when_one_host_fails_both_exit_in_bounded_time(tmp_path):
+  """A crash on one process must not leave the other waiting in a collective forever (it would hold the slice)."""
+  module = tmp_path / "crash_one_tasks.py"
+  module.write_text(ONE_HOST_FAILS)
+  d = tmp_path / "run"
+  start = time.time()
+  procs = _spawn_hosts(d, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=5", f"--tasks_module={module}",
+                       "--gin.MIXTURE_OR_TASK_NAME='crash_one_zs_noopt'")
+  codes = _wait_all(procs, timeout=300)
+  assert codes[1] != 0 and codes[0] != 0, codes
+  assert "process 1's data source broke" in (tmp_path / "log1.txt").read_text()
+  print(f"both processes exited {time.time() - start:.0f} s after start: {codes}")
