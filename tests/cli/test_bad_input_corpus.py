@@ -15,6 +15,7 @@ GIN_CASES = {
     "zero batch": (["--gin.BATCH_SIZE=0"], ["train.batch_size=0", ">= 1"]),
     "string batch": (["--gin.BATCH_SIZE='a'"], ["train.batch_size='a'"]),
     "float batch": (["--gin.BATCH_SIZE=8.0"], ["train.batch_size=8.0"]),
+    "batch the mesh does not divide": (["--gin.BATCH_SIZE=3"], ["train.batch_size=3 must divide by the 8"]),
     "lengths missing targets": (["--gin.TASK_FEATURE_LENGTHS={'inputs': 8}"], ["TASK_FEATURE_LENGTHS="]),
     "zero input length": (["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 4}"],
                           ["TASK_FEATURE_LENGTHS['inputs']=0"]),
@@ -128,3 +129,10 @@ def test_config_json_check_is_the_same_for_hf_style_values(tmp_path):
 
   with pytest.raises(UserError, match=r"DecoderConfig.num_layers='4' must be an integer"):
     DecoderConfig(**json.loads('{"num_layers": "4"}'))
+
+
+def test_tasks_show_of_a_tfds_task_without_its_data(capsys, tmp_path, monkeypatch):
+  """Nothing downloads: absent TFDS data is a one-line error naming the dataset and what to do."""
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  msg = one_line_error(capsys, "tasks", "show", "flan_ag_news_zs_noopt")
+  assert "TFDS dataset 'ag_news_subset" in msg and ("is not prepared in" in msg or "cannot open it" in msg), msg
