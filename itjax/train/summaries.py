@@ -73,6 +73,7 @@ class MetricsWriter:
   def __init__(self, model_dir: str, total_steps: int, start_step: int, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.start = time.time()
+    self._clock_started = False  # the bar's clock restarts once, at the first step
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # local: heavy import, process 0 only
@@ -105,7 +106,8 @@ class MetricsWriter:
   def advance(self, steps: int) -> None:
     if not self.enabled:
       return
-    first = self.bar.n == self.bar.initial
+    first = not self._clock_started
+    self._clock_started = True
     self.bar.update(steps)
     if first:
       # The first steps include start-up (building the stream, compiling): the rate and ETA count from here.

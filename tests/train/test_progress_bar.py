@@ -17,3 +17,17 @@ def test_eta_counts_from_the_first_step(tmp_path):
     assert d["rate"] is None or d["rate"] > 5
   finally:
     w.close()
+
+
+def test_the_clock_restarts_once_not_at_every_step(tmp_path):
+  """Elapsed time keeps growing after the first step (restarting it at every update showed only the last gap)."""
+  w = MetricsWriter(str(tmp_path), total_steps=100, start_step=0, enabled=True)
+  try:
+    w.advance(1)
+    for _ in range(3):
+      time.sleep(0.3)
+      w.advance(1)
+    d = w.bar.format_dict
+    assert d["n"] == 4 and d["elapsed"] >= 0.85, d["elapsed"]
+  finally:
+    w.close()
