@@ -146,11 +146,11 @@ class Checkpointer:
                                                                meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise bare Exceptions for unreadable data
       earlier = [s for s in self.all_steps() if s < step]
-      then = (f"move it aside (mv {step_dir} {step_dir}.damaged) to resume from step {earlier[-1]}" if earlier
-              else f"move it aside (mv {step_dir} {step_dir}.damaged) to start again from step 0")
+      resume = f"resume from step {earlier[-1]}" if earlier else "start again from step 0"
       reason = " ".join(str(e).split())[:300]
       raise UserError(f"checkpoint {step_dir} cannot be restored ({type(e).__name__}: {reason}). If its files are "
-                      f"damaged, {then}; if the model or mesh settings changed, use the run's config.gin") from None
+                      f"damaged, move it aside (mv {step_dir} {step_dir}.damaged) to {resume}; if the model or mesh "
+                      "settings changed, use the run's config.gin") from None
     return out.state, out.meta
 
   def wait(self) -> None:

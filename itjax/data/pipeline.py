@@ -224,17 +224,16 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
     group_seed = seed if len(groups) == 1 else seed + 1 + g
     if key is None:
       parts.append(own(members[0]))
-    elif key[0] == "shared":
-      mixed = shared_stream.text_stream([read[i] for i in members], [rates[i] for i in members],
-                                        [buffers[i] for i in members], seed=group_seed, shard_info=shard_info)
-      parts.append(_shared_tail(mixed, read[members[0]], lengths, with_mask=with_mask, keep_text=keep_text,
-                                stats=stats))
     else:
-      texts = []
-      for i in members:
-        texts.append(_text_stream(read[i], lengths, seed=seed, shard_info=shard_info, buffer=buffers[i]))
-        progress(built + len(texts), len(read))
-      mixed = texts[0] if len(texts) == 1 else sample(texts, [rates[i] for i in members], group_seed)
+      if key[0] == "shared":
+        mixed = shared_stream.text_stream([read[i] for i in members], [rates[i] for i in members],
+                                          [buffers[i] for i in members], seed=group_seed, shard_info=shard_info)
+      else:
+        texts = []
+        for i in members:
+          texts.append(_text_stream(read[i], lengths, seed=seed, shard_info=shard_info, buffer=buffers[i]))
+          progress(built + len(texts), len(read))
+        mixed = texts[0] if len(texts) == 1 else sample(texts, [rates[i] for i in members], group_seed)
       parts.append(_shared_tail(mixed, read[members[0]], lengths, with_mask=with_mask, keep_text=keep_text,
                                 stats=stats))
     built += len(members)
