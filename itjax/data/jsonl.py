@@ -54,7 +54,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from itjax.data import chat, scan_cache
+from itjax.data import chat, row_index, scan_cache
 from itjax.data import splits as splits_lib
 from itjax.data.tasks import TRAIN_SPLIT, register_instruction_task
 from itjax.data.templates import Template
@@ -66,7 +66,6 @@ FORMATS = ("alpaca", "dolly", "chat", "prompt_completion")
 ON_ERROR = ("raise", "skip")
 DEFAULT_MAX_CHARS = 65_536
 END_OF_TEXT = "<|endoftext|>"
-CHUNK = 256  # rows per generator call
 TEMPLATE_ID = "template_id"  # pre-templated files (`itjax.data.pretemplated`): the template a line was rendered with
 
 # Derived fields: `prefix + input` when the example has an input, else "".
@@ -364,6 +363,17 @@ def _open(path: str):
     raise UserError(f"{path}: is a directory, not a JSONL file") from None
 
 
+def _stat(path: str) -> tuple[int, int] | None:
+  """A local file's size and modification time (None for remote files: not checked)."""
+  if "://" in path:
+    return None
+  try:
+    st = os.stat(path)
+  except OSError:
+    return None  # reading it reports the missing file
+  return st.st_size, st.st_mtime_ns
+
+
 def _check_options(fmt: str, on_error: str) -> None:
   if fmt not in FORMATS:
     close = difflib.get_close_matches(fmt, FORMATS, n=1)
@@ -374,25 +384,24 @@ def _check_options(fmt: str, on_error: str) -> None:
 
 
 def _scan(path: str, fmt: str, *, on_error: str, max_chars: int | None, report: Report | None = None,
-          check: Callable[[dict, Any], Any] | None = None) -> Iterator[Any]:
+          check: Callable[[dict, Any], Any] | None = None, spans: bool = False) -> Iterator[Any]:
   """Parsed examples of `path`; bad lines raise UserError or are counted in `report` (skip policy).
 
   With `check`, yields `check(obj, example)` instead (the raw JSON object and its parse); a `_BadLine`
-  it raises is the line's error like any other.
+  it raises is the line's error like any other. With `spans`, yields (start, end, value): the line's bytes.
   """
   report = report if report is not None else Report(str(path), fmt)
+  end = 0
   with _open(str(path)) as f:
     for lineno, raw in enumerate(f, start=1):
-      if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 byte-order mark
+      start, end = end, end + len(raw)
+      if lineno == 1 and raw.startswith(_BOM):
+        raw, start = raw[3:], start + 3
       if not raw.strip():
         report.blank += 1
         continue
       try:
-        obj = _load(raw)
-        ex = _parse_object(obj, fmt, max_chars)
-        if check is not None:
-          ex = check(obj, ex)
+        ex = _parse_line(raw, fmt, max_chars, check)
       except _BadLine as e:
         msg = e.located(str(path), lineno)
         if on_error == "raise":
@@ -401,7 +410,17 @@ def _scan(path: str, fmt: str, *, on_error: str, max_chars: int | None, report: 
         report.first_error.setdefault(e.reason, msg)
         continue
       report.valid += 1
-      yield ex
+      yield (start, end, ex) if spans else ex
+
+
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark
+
+
+def _parse_line(raw: bytes, fmt: str, max_chars: int | None, check: Callable[[dict, Any], Any] | None) -> Any:
+  """One line's example (or `check(obj, example)`); a `_BadLine` when it is not valid."""
+  obj = _load(raw)
+  ex = _parse_object(obj, fmt, max_chars)
+  return check(obj, ex) if check is not None else ex
 
 
 def read_jsonl(path: str | os.PathLike, fmt: str, *, on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,
@@ -561,6 +580,8 @@ class JsonlSource(seqio.FunctionDataSource):
     self.reports: dict[str, Report] = {}  # path -> report, filled as files are validated
     self._keyers: dict[str, splits_lib.Keyer] = {}
     self._derived: dict[tuple[str, ...], tuple[str, ...]] = {}  # train files -> their distinct answers
+    self._span_arrays: dict[tuple[str, int], np.ndarray] = {}  # (path, split index) -> its lines' byte spans
+    self._validated: dict[str, tuple[int, int] | None] = {}  # path -> its size and time when validated
     super().__init__(self._dataset_fn, splits=tuple(self.paths))
 
   @property
@@ -695,6 +716,7 @@ class JsonlSource(seqio.FunctionDataSource):
         options = self.options_of(path)
         k = scan_cache.key("report", [path], self._scan_settings(options))
         stored = scan_cache.load(k)
+        self._validated[path] = _stat(path)  # what the scan cache keys on: the file as validated
         report = Report(**{**stored, "path": path}) if stored is not None else self._validate(path, options)
         if stored is None:
           scan_cache.store(k, dataclasses.asdict(report))
@@ -705,12 +727,14 @@ class JsonlSource(seqio.FunctionDataSource):
   def _validate(self, path: str, options: tuple[str, ...] | None) -> Report:
     """Reads `path` in full: its report, with valid lines per split when sliced."""
     report = Report(path, self.fmt)
-    counts = [0] * (len(self.splitter.names) if self.splitter is not None else 1)
-    for index, _, _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
-                             report=report, check=self._checker(path, options)):
-      counts[index] += 1
+    found: list[list[tuple[int, int]]] = [[] for _ in (self.splitter.names if self.splitter is not None else [0])]
+    for start, end, (index, _, _) in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
+                                           report=report, check=self._checker(path, options), spans=True):
+      found[index].append((start, end))
     if self.splitter is not None:
-      report.splits = dict(zip(self.splitter.names, counts, strict=True))
+      report.splits = dict(zip(self.splitter.names, map(len, found), strict=True))
+    for index, spans in enumerate(found):  # where each split's lines are: `split_rows` reads them back by position
+      self._store_spans(path, index, options, np.asarray(spans, np.int64).reshape(-1, 2))
     return report
 
   def _scan_settings(self, options: tuple[str, ...] | None) -> list | None:
@@ -727,18 +751,40 @@ class JsonlSource(seqio.FunctionDataSource):
     return sum(r.valid for r in reports)
 
   def rows(self, split: str, *, shuffle_files: bool = False, seed: int | None = None) -> Iterator[dict[str, Any]]:
-    """The split's rows as Python values (`row_dataset` makes them examples), validating the split first, now:
-    a UserError here reaches the user unwrapped. Files in turns for pre-templated sources, else one after another
-    (in an order shuffled by `seed` with `shuffle_files`)."""
+    """The split's rows as Python values, in `split_rows` order; validates the split first, now: a UserError
+    here reaches the user unwrapped."""
+    rows = self.split_rows(split, shuffle_files=shuffle_files, seed=seed)
+
+    def read():
+      for start in range(0, len(rows), row_index.CHUNK):
+        yield from rows.rows(np.arange(start, min(start + row_index.CHUNK, len(rows))))
+
+    return read()
+
+  def split_rows(self, split: str, *, shuffle_files: bool = False, seed: int | None = None) -> row_index.SplitRows:
+    """The split's rows by position (`row_index.SplitRows`): files in turns for pre-templated sources, else one
+    after another (in an order shuffled by `seed` with `shuffle_files`). Validates the split first."""
     self.validate_split(split)
     files = list(self._files(split))
     if shuffle_files and not self._interleaved():
       random.Random(seed).shuffle(files)
-    fmt, on_error, max_chars, want = self._parse_fmt(), self.on_error, self.max_chars, self._split_index(split)
+    fmt, max_chars, want = self._parse_fmt(), self.max_chars, self._split_index(split)
     options = {p: self.options_of(p) for p in files}  # resolved (and checked) now; the line checks when read
     template_ids = {p: self._template_id(p) for p in files}
+    checks = {}
 
-    def row(ex, opts, path):
+    def parse(path: str, raw: bytes) -> dict[str, Any]:
+      if path not in checks:  # the "passage" rule samples the file: only once it is read
+        checks[path] = self._checker(path, options[path])
+      if _stat(path) != self._validated[path]:
+        self._changed(path, options[path])
+      try:
+        index, ex, opts = _parse_line(raw[3:] if raw.startswith(_BOM) else raw, fmt, max_chars, checks[path])
+      except _BadLine as e:
+        index, ex, opts = -1, e, ()
+      if index != want:  # validated and indexed above, so the file changed since
+        raise UserError(f"{path}: a line no longer reads as it did when the file was validated ({ex}); "
+                        "the file changed after it was validated")
       if fmt == "chat_turns":
         out = {"answer": ex[-1].content, chat.ROLES: [t.role for t in ex], chat.TEXTS: [t.content for t in ex]}
       else:
@@ -748,27 +794,37 @@ class JsonlSource(seqio.FunctionDataSource):
         out[TEMPLATE_ID] = template_ids[path]
       return out
 
-    def lines(path):  # the rows of `path` in this split
-      try:
-        check = self._checker(path, options[path])  # the "passage" rule samples the file: only once it is read
-        for index, ex, opts in _scan(path, fmt, on_error=on_error, max_chars=max_chars, check=check):
-          if index == want:
-            yield row(ex, opts, path)
-      except UserError as e:  # validated above, so the file changed since
-        raise UserError(f"{e} (the file changed after it was validated)") from None
+    spans = [self._spans(p, want, options[p]) for p in files]
+    return row_index.SplitRows(files, spans, parse, order="turns" if self._interleaved() else "chain")
 
-    def in_turns():  # line i of every file, then line i + 1
-      active = [lines(p) for p in files]
-      while active:
-        left = []
-        for it in active:
-          r = next(it, None)
-          if r is not None:
-            yield r
-            left.append(it)
-        active = left
+  def _changed(self, path: str, options: tuple[str, ...] | None) -> None:
+    """Raises the UserError for a file that changed after it was validated: its first bad line if it has one."""
+    try:
+      for _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
+                     check=self._checker(path, options)):
+        pass
+    except UserError as e:
+      raise UserError(f"{e} (the file changed after it was validated)") from None
+    raise UserError(f"{path}: the file changed after it was validated; restart to validate it again")
 
-    return in_turns() if self._interleaved() else itertools.chain.from_iterable(lines(p) for p in files)
+  def _spans_key(self, path: str, index: int, options: tuple[str, ...] | None) -> str | None:
+    settings = self._scan_settings(options)
+    return scan_cache.key("spans", [path], None if settings is None else [settings, index])
+
+  def _store_spans(self, path: str, index: int, options: tuple[str, ...] | None, spans: np.ndarray) -> None:
+    self._span_arrays[(path, index)] = spans
+    scan_cache.store_array(self._spans_key(path, index, options), spans)
+
+  def _spans(self, path: str, want: int, options: tuple[str, ...] | None) -> np.ndarray:
+    """[k, 2] byte spans of the file's valid lines in split `want` (found by its validation, kept in the scan
+    cache); a validation read from the cache without them scans the file again."""
+    if (path, want) not in self._span_arrays:
+      spans = scan_cache.load_array(self._spans_key(path, want, options))
+      if spans is None:
+        self._validate(path, options)
+      else:
+        self._span_arrays[(path, want)] = spans
+    return self._span_arrays[(path, want)]
 
   @property
   def layout(self) -> RowLayout:
@@ -777,9 +833,10 @@ class JsonlSource(seqio.FunctionDataSource):
     return RowLayout(self._parse_fmt() == "chat_turns", any(self._template_id(p) is not None for p in files))
 
   def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-    self.validate_split(split)  # eagerly: a UserError here reaches the user unwrapped
-    # Each iteration (epoch) of the dataset reads the files again.
-    return row_dataset(lambda: self.rows(split, shuffle_files=shuffle_files, seed=seed), self.layout, split)
+    # Eagerly: a UserError here reaches the user unwrapped. Each epoch reads the same positions again.
+    rows, layout = self.split_rows(split, shuffle_files=shuffle_files, seed=seed), self.layout
+    fetch = lambda start, stop: layout.columns(rows.rows(np.arange(start, stop)))  # noqa: E731
+    return row_examples(row_index.indexed_dataset(len(rows), fetch, layout.spec()), split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -796,40 +853,29 @@ class RowLayout:
     return (*base, "options", *([TEMPLATE_ID] if self.with_ids else []))
 
   def spec(self) -> dict[str, tf.TensorSpec]:
-    spec = {k: tf.TensorSpec([None], tf.string) for k in self.names}
+    """One row's features (`columns` stacks rows along a first axis)."""
+    spec = {k: tf.TensorSpec([], tf.string) for k in self.names}
     if self.chat:
-      spec[chat.ROLES] = spec[chat.TEXTS] = tf.TensorSpec([None, None], tf.string)
-    spec["options"] = tf.TensorSpec([None, None], tf.string)
+      spec[chat.ROLES] = spec[chat.TEXTS] = tf.TensorSpec([None], tf.string)
+    spec["options"] = tf.TensorSpec([None], tf.string)
     if self.with_ids:
-      spec[TEMPLATE_ID] = tf.TensorSpec([None], tf.int32)
+      spec[TEMPLATE_ID] = tf.TensorSpec([], tf.int32)
     return spec
 
   def columns(self, chunk: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Rows as padded columns: turns and options padded with "" (no option is empty; dropped after unbatch)."""
     cols = {k: [r[k] for r in chunk] for k in self.names}
-    if self.chat:
-      width = max(len(t) for t in cols[chat.ROLES])
-      for k in (chat.ROLES, chat.TEXTS):
-        cols[k] = [t + [""] * (width - len(t)) for t in cols[k]]
-    width = max(len(o) for o in cols["options"])
-    cols["options"] = ([o + [""] * (width - len(o)) for o in cols["options"]] if width
-                       else np.empty((len(chunk), 0), np.bytes_))
+    for k in (chat.ROLES, chat.TEXTS, "options") if self.chat else ("options",):
+      cols[k] = row_index.padded(cols[k])
     return cols
 
 
-def row_dataset(rows: Callable[[], Iterable[Mapping[str, Any]]], layout: RowLayout, split: str) -> tf.data.Dataset:
-  """The examples of `rows()` (Python rows with `layout`'s features) as a JSONL source yields them: the row's
-  features, its options without padding, and "split"."""
-  def columns():  # columns of CHUNK rows: from_generator costs per element, so amortize it
-    it = iter(rows())
-    while chunk := list(itertools.islice(it, CHUNK)):
-      yield layout.columns(chunk)
-
-  ds = tf.data.Dataset.from_generator(columns, output_signature=layout.spec()).unbatch()
+def row_examples(ds: tf.data.Dataset, split: str) -> tf.data.Dataset:
+  """Rows (`RowLayout.columns` unbatched) as a JSONL source yields them: the row's features, its options without
+  padding, and "split"."""
   # Not autograph-converted (nothing here needs it): converting costs ~0.1 s per task at start-up.
   return ds.map(tf.autograph.experimental.do_not_convert(
-      lambda ex: {**ex, "options": tf.boolean_mask(ex["options"], tf.strings.length(ex["options"]) > 0),
-                  "split": tf.constant(split)}))
+      lambda ex: {**ex, "options": row_index.unpadded(ex["options"]), "split": tf.constant(split)}))
 
 
 def jsonl_source(paths: PathsArg, fmt: str, *, on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,

@@ -227,7 +227,7 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
     else:
       if key[0] == "shared":
         mixed = shared_stream.text_stream([read[i] for i in members], [rates[i] for i in members],
-                                          [buffers[i] for i in members], seed=group_seed, shard_info=shard_info)
+                                          seed=group_seed, shard_info=shard_info)
       else:
         texts = []
         for i in members:

@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("itjax")
 ENV = "ITJAX_SCAN_CACHE"
 OFF = "off"
@@ -75,5 +77,31 @@ def store(k: str | None, value: Any) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(value, f, ensure_ascii=False)
     os.replace(tmp, os.path.join(root, k + ".json"))
+  except OSError as e:
+    log.debug("scan cache: could not write %s: %s", root, e)
+
+
+def load_array(k: str | None) -> np.ndarray | None:
+  """The numpy array stored under key `k` (None: none stored, or unreadable)."""
+  root = directory()
+  if k is None or root is None:
+    return None
+  try:
+    return np.load(os.path.join(root, k + ".npy"), allow_pickle=False)
+  except (OSError, ValueError):
+    return None
+
+
+def store_array(k: str | None, value: np.ndarray) -> None:
+  """Stores a numpy array under `k`, atomically."""
+  root = directory()
+  if k is None or root is None:
+    return
+  try:
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, np.asarray(value), allow_pickle=False)
+    os.replace(tmp, os.path.join(root, k + ".npy"))
   except OSError as e:
     log.debug("scan cache: could not write %s: %s", root, e)

@@ -1,39 +1,38 @@
-"""One training stream for many JSONL tasks: rows sampled in Python, rendered and tokenized once.
+"""One training stream for many JSONL tasks: rows drawn by position, rendered and tokenized once.
 
 A mixture of a thousand tasks built as a thousand tf.data pipelines spends its start-up tracing and
 starting them. Tasks whose rows come from a JSONL source (`itjax.data.jsonl`, pre-templated files
 included) and whose preprocessing is a `SharedRendering` (zero-shot templates, pre-templated prompts)
-followed by the closing `TokenizeAndCut` are served instead by one Python generator: it picks each
-example's task by the mixture's rates, takes the task's next row through the task's own shuffle buffer
-(as `tf.data.Dataset.shuffle` does, with the same size), and hands the rows to one rendering; the
-mixture then tokenizes and cuts them once (`itjax.data.pipeline`). Building the stream costs the
-files' validation (kept on disk by `itjax.data.scan_cache`) and a constant; a task's files are opened
-when it is first drawn.
+followed by the closing `TokenizeAndCut` are served instead by one stream: each chunk of `DRAWS` examples
+picks its tasks by the mixture's rates (a numpy generator seeded by the chunk's number), each task takes
+its next rows in an order that is a fresh seeded permutation of its shard every epoch, and one rendering
+serves them all; the mixture then tokenizes and cuts them once (`itjax.data.pipeline`). Building the
+stream costs the files' validation (kept on disk by `itjax.data.scan_cache`) and a constant; a task's
+rows are read (`itjax.data.row_index`) when it is first drawn.
 
-The rows, rendering, cuts and rates are those of the tasks' own pipelines; the random sequence is this
-module's, not seqio's sampler's. Deterministic given the seed and the host's shard (a host takes every
-`num_shards`-th row of each task, as seqio shards a one-shard source), so a resumed run that skips the
-batches it trained sees exactly what an uninterrupted run would have seen.
+The stream's whole state is the chunk number and how many rows each task has given: a tf.data `scan`
+over chunk numbers carries the counts, and every row is a pure function of (task, count). Saving the
+iterator (`itjax.data.stream_state`) saves those integers, so a resumed run continues at once wherever
+it was. The rows, rendering, cuts and rates are those of the tasks' own pipelines; the random sequence
+is this module's, not seqio's sampler's, and a task is shuffled by whole-epoch permutations rather than
+by seqio's shuffle buffer. A host takes every `num_shards`-th row of each task, as seqio shards a
+one-shard source.
 """
 
 from __future__ import annotations
 
-import itertools
-import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from itjax.data import row_index
 from itjax.data import truncation as trunc
-from itjax.data.jsonl import JsonlSource, row_dataset
+from itjax.data.jsonl import JsonlSource, row_examples
 from itjax.data.tasks import TRAIN_SPLIT, SharedRendering
 
-# A task's train rows below this many (seqio's in-memory cache limit) are read once and kept in memory.
-MEM_CACHE_ROWS = 10_000
-DRAWS = 1024  # task choices drawn at a time
+DRAWS = 1024  # examples drawn at a time: one chunk
 
 
 def shared_key(task: seqio.Task) -> tuple | None:
@@ -45,76 +44,64 @@ def shared_key(task: seqio.Task) -> tuple | None:
   return procs[0].shared_key, task.source.layout
 
 
-class _TaskRows:
-  """One task's infinite train rows of this host's shard, through a shuffle buffer of `buffer` rows."""
-
-  def __init__(self, source: JsonlSource, *, buffer: int | None, seed: str, shard_info: seqio.ShardInfo):
-    self.source, self.shard = source, shard_info
-    self.buffer = max(1, buffer or 1)
-    self.rng = random.Random(seed)  # seeded by a string: the same draws in every process
-    self.file_seed = self.rng.randrange(2**31)
-    self.rows = self._epochs()
-    self.pool: list[dict[str, Any]] = []
-
-  def _epoch(self) -> Iterator[dict[str, Any]]:
-    rows = self.source.rows(TRAIN_SPLIT, shuffle_files=True, seed=self.file_seed)
-    return itertools.islice(rows, self.shard.index, None, self.shard.num_shards)
-
-  def _epochs(self) -> Iterator[dict[str, Any]]:
-    kept: list[dict[str, Any]] | None = []  # the first epoch's rows, while few enough to keep
-    for row in self._epoch():
-      if kept is not None:
-        kept.append(row)
-        if len(kept) > MEM_CACHE_ROWS:
-          kept = None
-      yield row
-    if kept is not None:  # an empty shard ends here: the task leaves the mixture (tf.data's sampler skips it too)
-      while kept:
-        yield from kept
-      return
-    while True:  # a large task: its files are read every epoch
-      yield from self._epoch()
-
-  def next(self) -> dict[str, Any] | None:
-    """The next row (None once the task has no rows)."""
-    while len(self.pool) < self.buffer:
-      row = next(self.rows, None)
-      if row is None:
-        break
-      self.pool.append(row)
-    if not self.pool:
-      return None
-    i = self.rng.randrange(len(self.pool))
-    row = self.pool[i]
-    refill = next(self.rows, None)
-    if refill is None:
-      self.pool[i] = self.pool[-1]
-      self.pool.pop()
-    else:
-      self.pool[i] = refill
-    return row
+def shard_size(n: int, shard_info: seqio.ShardInfo) -> int:
+  """Rows of `n` in this host's shard: every `num_shards`-th, from `index`."""
+  return len(range(shard_info.index, n, shard_info.num_shards))
 
 
-def _sampled_rows(sources: Sequence[JsonlSource], rates: Sequence[float], buffers: Sequence[int | None], *,
-                  seed: int, shard_info: seqio.ShardInfo) -> Iterator[dict[str, Any]]:
-  """Rows of the tasks, each drawn by `rates`; tasks start reading their files when first drawn."""
-  tasks: list[_TaskRows | None] = [None] * len(sources)
-  p = np.asarray(rates, np.float64)
-  rng = np.random.default_rng([seed, 7919])
-  while p.sum() > 0:
-    for k in rng.choice(len(p), size=DRAWS, p=p / p.sum()):
-      if p[k] == 0:
-        continue  # left the mixture after these choices were drawn
-      if tasks[k] is None:
-        tasks[k] = _TaskRows(sources[k], buffer=buffers[k], seed=f"itjax:{seed}:{k}", shard_info=shard_info)
-      row = tasks[k].next()
-      if row is None:
-        p[k] = 0
-        continue
-      yield row
+class _Draws:
+  """The pure functions behind the stream: which task each example of a chunk comes from, and its row."""
+
+  def __init__(self, sources: Sequence[JsonlSource], rates: Sequence[float], *, seed: int,
+               shard_info: seqio.ShardInfo):
+    self.sources, self.seed, self.shard = list(sources), seed, shard_info
+    self.sizes = np.array([shard_size(s.num_input_examples(TRAIN_SPLIT), shard_info) for s in sources], np.int64)
+    p = np.where(self.sizes > 0, np.asarray(rates, np.float64), 0.0)  # an empty shard leaves the mixture
+    self.p = p / p.sum() if p.sum() > 0 else p
+    self.rows: list[row_index.SplitRows | None] = [None] * len(sources)
+    self.perms: list[dict[int, np.ndarray]] = [{} for _ in sources]  # task -> epoch -> permutation of its shard
+
+  def draw(self, counts: np.ndarray, chunk: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts after the chunk, the chunk's tasks, each draw's row count within its task)."""
+    tasks = np.random.default_rng([self.seed, 7919, int(chunk)]).choice(len(self.p), size=DRAWS, p=self.p)
+    order = np.argsort(tasks, kind="stable")
+    ranked = tasks[order]
+    rank = np.empty(DRAWS, np.int64)
+    rank[order] = np.arange(DRAWS) - np.searchsorted(ranked, ranked, side="left")  # earlier draws of the same task
+    return counts + np.bincount(tasks, minlength=len(self.p)), tasks.astype(np.int32), counts[tasks] + rank
+
+  def fetch(self, tasks: np.ndarray, counts: np.ndarray) -> list[dict]:
+    """The rows of draws (task, its count): epoch count // size, position in that epoch's permutation."""
+    out: list[dict | None] = [None] * len(tasks)
+    for k in np.unique(tasks):
+      at = np.nonzero(tasks == k)[0]
+      n = int(self.sizes[k])
+      epochs, within = np.divmod(counts[at], n)
+      positions = np.empty(len(at), np.int64)
+      for e in np.unique(epochs):
+        sel = epochs == e
+        positions[sel] = self._permutation(int(k), int(e))[within[sel]]
+      for i, row in zip(at, self._rows(int(k)).rows(positions * self.shard.num_shards + self.shard.index),
+                        strict=True):
+        out[i] = row
+    return out  # type: ignore[return-value]
+
+  def _permutation(self, k: int, epoch: int) -> np.ndarray:
+    perms = self.perms[k]
+    if epoch not in perms:
+      for old in [e for e in perms if e < epoch - 1]:  # keep two epochs: a chunk may straddle them
+        del perms[old]
+      perms[epoch] = np.random.default_rng([self.seed, 104729, k, epoch]).permutation(int(self.sizes[k]))
+    return perms[epoch]
+
+  def _rows(self, k: int) -> row_index.SplitRows:
+    if self.rows[k] is None:
+      file_seed = int(np.random.default_rng([self.seed, 15485863, k]).integers(2**31))
+      self.rows[k] = self.sources[k].split_rows(TRAIN_SPLIT, shuffle_files=True, seed=file_seed)
+    return self.rows[k]
 
 
-def text_stream(tasks: Sequence[seqio.Task], rates: Sequence[float], buffers: Sequence[int | None], *, seed: int,
+def text_stream(tasks: Sequence[seqio.Task], rates: Sequence[float], *, seed: int,
                 shard_info: seqio.ShardInfo) -> tf.data.Dataset:
   """The infinite rendered training text of `tasks` (equal `shared_key`s) mixed by `rates`: inputs, targets, and
   `trunc.PIECES` when their policy cuts a field."""
@@ -123,12 +110,30 @@ def text_stream(tasks: Sequence[seqio.Task], rates: Sequence[float], buffers: Se
   sources = [t.source for t in tasks]
   for source in sources:
     source.validate_split(TRAIN_SPLIT)  # a bad file is a UserError now, not inside the stream
-  ds = row_dataset(lambda: _sampled_rows(sources, rates, buffers, seed=seed, shard_info=shard_info),
-                   sources[0].layout, TRAIN_SPLIT)
+  draws, layout = _Draws(sources, rates, seed=seed, shard_info=shard_info), sources[0].layout
+  keys = sorted(layout.spec())
+
+  @tf.autograph.experimental.do_not_convert
+  def step(counts, chunk):
+    new, which, js = tf.numpy_function(draws.draw, [counts, chunk], [tf.int64, tf.int32, tf.int64], stateful=False)
+    return tf.ensure_shape(new, counts.shape), (tf.ensure_shape(which, [DRAWS]), tf.ensure_shape(js, [DRAWS]))
+
+  def py_fetch(which, js):
+    cols = layout.columns(draws.fetch(which, js))
+    return [row_index.strings(cols[k]) if layout.spec()[k].dtype == tf.string else np.asarray(cols[k], np.int32)
+            for k in keys]
+
+  @tf.autograph.experimental.do_not_convert
+  def fetch(which, js):
+    out = tf.numpy_function(py_fetch, [which, js], [layout.spec()[k].dtype for k in keys], stateful=False)
+    return {k: tf.ensure_shape(v, [None, *layout.spec()[k].shape]) for k, v in zip(keys, out, strict=True)}
+
+  chunks = tf.data.Dataset.range(2**62 if draws.p.sum() > 0 else 0)
+  ds = chunks.scan(tf.zeros([len(sources)], tf.int64), step).map(fetch).unbatch()
 
   @tf.autograph.experimental.do_not_convert
   def render(ex):
     out = rendering.train_text(ex)
     return {k: out[k] for k in keep}
 
-  return ds.map(render, num_parallel_calls=tf.data.AUTOTUNE)
+  return row_examples(ds, TRAIN_SPLIT).map(render, num_parallel_calls=tf.data.AUTOTUNE)

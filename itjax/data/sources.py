@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from itjax.data import row_index
 from itjax.errors import UserError
 
 Example = dict  # field name -> str, plus "answer": str and "options": list[str]
@@ -24,20 +25,21 @@ def procedural_source(generate: Callable[[random.Random], Example], fields: Sequ
   Each example is generated from its own RNG so that shards, resumption and
   different split sizes never change the content of any example.
   """
+  example_seed = seed
   names = tuple(fields) + ("answer",)
-
-  def rows(split: bytes):
-    split = split.decode()
-    for i in range(sizes[split]):
-      ex = generate(random.Random(f"{seed}/{split}/{i}"))
-      yield {**{k: ex[k] for k in names}, "options": list(ex.get("options", [])), "split": split}
-
-  spec = {k: tf.TensorSpec([], tf.string) for k in names + ("split",)}
+  spec = {k: tf.TensorSpec([], tf.string) for k in names}
   spec["options"] = tf.TensorSpec([None], tf.string)
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed  # order is fixed; seqio shuffles examples downstream
-    return tf.data.Dataset.from_generator(rows, output_signature=spec, args=(split,))
+
+    def fetch(start: int, stop: int) -> dict:  # example i from its own RNG: a pure function of i
+      exs = [generate(random.Random(f"{example_seed}/{split}/{i}")) for i in range(start, stop)]
+      return {**{k: [ex[k] for ex in exs] for k in names},
+              "options": row_index.padded([list(ex.get("options", [])) for ex in exs])}
+
+    ds = row_index.indexed_dataset(sizes[split], fetch, spec)
+    return ds.map(lambda ex: {**ex, "options": row_index.unpadded(ex["options"]), "split": tf.constant(split)})
 
   return seqio.FunctionDataSource(dataset_fn, splits=tuple(sizes), num_input_examples=dict(sizes))
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import seqio
 
-from itjax.data import jsonl
+from itjax.data import jsonl, row_index
 from itjax.errors import UserError
 
 LENGTHS = {"inputs": 512, "targets": 128}
@@ -250,9 +250,9 @@ def test_file_changed_after_validation_still_names_the_line(tmp_path):
 
 
 def test_many_rows_across_files_keep_order(tmp_path):
-  a = _write(tmp_path / "a.jsonl", [{"instruction": "q", "output": str(i)} for i in range(jsonl.CHUNK + 44)])
+  a = _write(tmp_path / "a.jsonl", [{"instruction": "q", "output": str(i)} for i in range(row_index.CHUNK + 44)])
   b = _write(tmp_path / "b.jsonl", [{"instruction": "q", "output": "last"}])
   source = jsonl.jsonl_source({"train": [a, b]}, "alpaca")
   rows = list(source.get_dataset("train", shuffle=False).as_numpy_iterator())
-  assert [r["answer"].decode() for r in rows] == [str(i) for i in range(jsonl.CHUNK + 44)] + ["last"]
+  assert [r["answer"].decode() for r in rows] == [str(i) for i in range(row_index.CHUNK + 44)] + ["last"]
   assert source.num_input_examples("train") == len(rows) and rows[0]["split"] == b"train"
