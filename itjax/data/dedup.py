@@ -19,10 +19,12 @@ with its own Bloom filter, so the stream is deterministic. Drops are counted per
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +32,7 @@ import seqio
 import tensorflow as tf
 
 from itjax.data.quality import normalize, tf_normalize
+from itjax.data.stream_state import SideState
 from itjax.data.stream_stats import DedupCounts, StreamStats
 
 log = logging.getLogger("itjax")
@@ -98,15 +101,38 @@ def tf_key(ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
   return tf.strings.to_hash_bucket_fast(text, 2**63 - 1)
 
 
-class _PassFilter:
-  """The Python side of the filter: one Bloom filter per iterator, cleared at the end of every pass."""
+class _PassFilter(SideState):
+  """The Python side of the filter: one Bloom filter per iterator, cleared at the end of every pass.
+
+  Saved beside the stream's iterator (`itjax.data.stream_state`), just before it: examples the stream
+  reads in between are in the saved iterator's buffers but not in the saved filters, so after a restore
+  at most that many (the stream's read-ahead) duplicates of them can pass once more in the same pass.
+  """
 
   def __init__(self, task: str, capacity: int, fp_rate: float, counts: DedupCounts):
     self.task, self.capacity, self.fp_rate, self.counts = task, capacity, fp_rate, counts
     self.passes: dict[int, list] = {}  # iterator id -> [bloom, pass, read, dropped]
+    self.lock = threading.Lock()
+
+  def save(self) -> dict:
+    with self.lock:
+      return {str(i): [base64.b64encode(bytes(b.bits)).decode(), b.count, *rest]
+              for i, (b, *rest) in self.passes.items()}
+
+  def load(self, saved: dict) -> None:
+    with self.lock:
+      self.passes = {}
+      for i, (bits, count, *rest) in saved.items():
+        bloom = BloomFilter(self.capacity, self.fp_rate)
+        bloom.bits, bloom.count = bytearray(base64.b64decode(bits)), count
+        self.passes[int(i)] = [bloom, *rest]
 
   def verdict(self, iterator: np.int64, key: np.int64, end: np.bool_) -> np.int32:
     """KEEP, DROP, or STOP (the end of a pass that read nothing: an empty shard ends the stream)."""
+    with self.lock:
+      return self._verdict(iterator, key, end)
+
+  def _verdict(self, iterator: np.int64, key: np.int64, end: np.bool_) -> np.int32:
     state = self.passes.setdefault(int(iterator), [BloomFilter(self.capacity, self.fp_rate), 0, 0, 0])
     bloom, epoch, read, dropped = state
     if end:
@@ -129,18 +155,18 @@ class _PassFilter:
 
 
 def _iterator_ids() -> tf.data.Dataset:
-  """One fresh id per iterator (a one-element generator), so that each iterator filters with its own state."""
+  """One fresh id per iterator (drawn when it first reads), so that each iterator filters with its own state; a
+  restored iterator keeps the id it was saved with (tf.data saves the element a flat_map is in)."""
   ids = itertools.count()
-
-  def one():
-    yield next(ids)
-
-  return tf.data.Dataset.from_generator(one, output_signature=tf.TensorSpec([], tf.int64))
+  fresh = tf.autograph.experimental.do_not_convert(
+      lambda _: tf.ensure_shape(tf.numpy_function(lambda: np.int64(next(ids)), [], tf.int64, stateful=True), []))
+  return tf.data.Dataset.range(1).map(fresh)
 
 
 def deduplicated(task: seqio.Task, lengths: Mapping[str, int], *, keep: Sequence[str], seed: int,
                  shard_info: seqio.ShardInfo | None, use_cached: bool, stats: StreamStats,
-                 capacity: int | None = None, fp_rate: float = DEFAULT_FP_RATE) -> tf.data.Dataset:
+                 capacity: int | None = None, fp_rate: float = DEFAULT_FP_RATE,
+                 side_state: list[SideState] | None = None) -> tf.data.Dataset:
   """The task's infinite training stream (features `keep` that it has), without duplicates within a pass.
 
   Each pass over the shard ends with a marker element; repeating the pass reshuffles it (seeded,
@@ -159,6 +185,8 @@ def deduplicated(task: seqio.Task, lengths: Mapping[str, int], *, keep: Sequence
     shards = shard_info.num_shards if shard_info else 1
     capacity = max(1024, math.ceil(1.1 * total / shards)) if total else DEFAULT_CAPACITY
   check = _PassFilter(task.name, capacity, fp_rate, stats.dedup.setdefault(task.name, DedupCounts()))
+  if side_state is not None:
+    side_state.append(check)  # saved with the stream's iterator
 
   def judged(iterator):
     def judge(ex):  # sequential (a plain map): the filter's state sees the stream in order

@@ -11,9 +11,10 @@ Mixtures are sampled exactly as `seqio.Mixture.get_dataset` samples them (same r
 sampler); each task's stream is assembled here so that chat tasks can bring their loss masks into
 a mixture, and so that `dedup=True` can drop duplicates per task and pass (`itjax.data.dedup`).
 
-The stream is deterministic given the seed and the host's shard, so its position is just the
-number of batches consumed: a resumed run skips that many and sees exactly the batches an
-uninterrupted run would have seen. What the stream drops, truncates or pads is counted in a
+The stream is deterministic given the seed and the host's shard, and every stateful step of it is a
+tf.data op (sources are read by position, `itjax.data.row_index`), so a resumed run restores the saved
+iterator (`itjax.data.stream_state`) and sees exactly the batches an uninterrupted run would have seen,
+at a cost that does not grow with the position. What the stream drops, truncates or pads is counted in a
 `StreamStats` (pass one in as `stats` to read it).
 
 Truncation follows seqio (inputs keep their first tokens, few-shot inputs lose their oldest
@@ -28,23 +29,22 @@ import dataclasses
 import functools
 import logging
 import os
-import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from itjax.data import chat, shared_stream  # noqa: E402
+from itjax.data import chat, shared_stream, stream_state  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
 from itjax.data import truncation as trunc  # noqa: E402
 from itjax.data.feature_converters import check_packer, converter_for  # noqa: E402
 from itjax.data.jsonl import JsonlSource  # noqa: E402
 from itjax.data.quality import NgramIndex  # noqa: E402
 from itjax.data.registry import require_task  # noqa: E402
+from itjax.data.stream_state import SideState  # noqa: E402
 from itjax.data.stream_stats import StreamStats  # noqa: E402
 from itjax.data.tasks import TRAIN_SPLIT, UNTRIMMED, task_info  # noqa: E402
 from itjax.data.vocab import with_vocabulary  # noqa: E402
@@ -116,14 +116,14 @@ def _check_not_empty(task: seqio.Task) -> None:
 
 def _task_stream(task: seqio.Task, lengths: Mapping[str, int], *, seed: int, shard_info: seqio.ShardInfo,
                  use_cached: bool, keep_text: bool, with_mask: bool, dedup: bool,
-                 stats: StreamStats, buffer: int | None) -> tf.data.Dataset:
+                 stats: StreamStats, buffer: int | None, side_state: list[SideState] | None = None) -> tf.data.Dataset:
   """One task's infinite, shuffled training examples: inputs, targets [, LOSS_MASK] [, texts]."""
   is_chat = _is_chat(task)
   keep = ("inputs", "targets", *UNTRIMMED.values()) + ((chat.LOSS_MASK, *CHAT_COUNTS) if is_chat else ()) + (
       TEXT_FEATURES if keep_text else ())
   if dedup:
     ds = dedup_lib.deduplicated(task, lengths, keep=(*keep, *TEXT_FEATURES), seed=seed, shard_info=shard_info,
-                                use_cached=use_cached, stats=stats)
+                                use_cached=use_cached, stats=stats, side_state=side_state)
   else:
     ds = task.get_dataset(lengths, split=TRAIN_SPLIT, shuffle=True, num_epochs=None, seed=seed,
                           use_cached=use_cached, shard_info=shard_info, shuffle_buffer_size=buffer)
@@ -167,7 +167,7 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
                    shard_index: int = 0, num_shards: int = 1, use_cached: bool = False, keep_text: bool = False,
                    dedup: bool = False, stats: StreamStats | None = None,
                    vocabulary: seqio.Vocabulary | None = None, truncation: str = trunc.KEEP_START,
-                   shuffle_budget: int = SHUFFLE_BUDGET) -> tf.data.Dataset:
+                   shuffle_budget: int = SHUFFLE_BUDGET, side_state: list[SideState] | None = None) -> tf.data.Dataset:
   """The mixed, infinite training examples (token ids, before feature conversion) of this host's shard.
 
   Without chat tasks and dedup, and with the tasks' shuffle buffers within `shuffle_budget`
@@ -202,7 +202,8 @@ def train_examples(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
 
   def own(i):
     return _task_stream(read[i], lengths, seed=seed, shard_info=shard_info, use_cached=use_cached,
-                        keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats, buffer=buffers[i])
+                        keep_text=keep_text, with_mask=with_mask, dedup=dedup, stats=stats, buffer=buffers[i],
+                        side_state=side_state)
 
   if isinstance(provider, seqio.Task):
     return own(0)
@@ -248,9 +249,11 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
                   start_batch: int = 0, use_cached: bool = False,
                   decontaminate: NgramIndex | None = None, layout: FeatureLayout = PREFIX_LM_LAYOUT,
                   packer: str = "best_fit", dedup: bool = False, stats: StreamStats | None = None,
-                  vocabulary: seqio.Vocabulary | None = None, truncation: str = trunc.KEEP_START) -> tf.data.Dataset:
+                  vocabulary: seqio.Vocabulary | None = None, truncation: str = trunc.KEEP_START,
+                  side_state: list[SideState] | None = None) -> tf.data.Dataset:
   """This host's infinite stream of [batch_size, length] batches of a model's features (`layout`, from its
-  interface: decoder-only PrefixLM rows by default), from batch `start_batch` on.
+  interface: decoder-only PrefixLM rows by default), from batch `start_batch` on (by replaying the batches
+  before it; `stream_state` restores a position instead, at a cost that does not grow with it).
 
   With `decontaminate`, examples sharing an n-gram with the indexed eval data are dropped before
   packing (counted in `stats`; `itjax.data.quality.scan` counts them offline). With `dedup`,
@@ -264,7 +267,7 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   ds = train_examples(mixture_or_task_name, layout.task_lengths(lengths), seed=seed,
                       shard_index=shard_index, num_shards=num_shards,
                       use_cached=use_cached, keep_text=decontaminate is not None, dedup=dedup, stats=stats,
-                      vocabulary=vocabulary, truncation=truncation)
+                      vocabulary=vocabulary, truncation=truncation, side_state=side_state)
   if decontaminate is not None:
     def clean(ex):
       # The untruncated texts (as `quality.scan` reads them); decoding token ids would stop at a chat's first EOS.
@@ -278,33 +281,14 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   keep = layout.feature_keys
   ds = ds.map(lambda ex: {k: ex[k] for k in keep if k in ex})
   ds = ds.batch(batch_size, drop_remainder=True)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options).skip(start_batch).prefetch(4)
+  return ds.with_options(stream_state.iterator_options()).skip(start_batch).prefetch(4)
 
 
-def numpy_batches(ds: tf.data.Dataset, stats: StreamStats | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """The batches as numpy; each one delivered adds its examples to `stats.examples_trained`.
-
-  A UserError raised inside the stream (a data file that changed after it was validated) reaches the caller
-  as that UserError, not as TensorFlow's wrapping of it.
-  """
-  it = ds.as_numpy_iterator()
-  while True:
-    try:
-      batch = next(it)
-    except StopIteration:
-      return
-    except tf.errors.OpError as e:
-      if m := _USER_ERROR.search(e.message or ""):
-        raise UserError(m.group(1)) from None
-      raise
-    if stats is not None:
-      stats.delivered(batch)
-    yield batch
-
-
-_USER_ERROR = re.compile(r"(?:itjax\.errors\.)?UserError: ([^\n]+)")
+def numpy_batches(ds: tf.data.Dataset, stats: StreamStats | None = None,
+                  side_state: Sequence[SideState] = ()) -> stream_state.ShardStream:
+  """The batches as numpy (`stream_state.ShardStream`: its position can be saved and restored); each one delivered
+  adds its examples to `stats.examples_trained`. `side_state`: what `train_dataset` collected in its own."""
+  return stream_state.ShardStream(ds, stats, side_state)
 
 
 class _Progress:

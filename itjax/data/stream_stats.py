@@ -65,7 +65,15 @@ class StreamStats:
     self.packing = PackingStats()
     self.tasks: list[seqio.Task] = []  # the streamed tasks, whose source-skip counters the summary reads
     self.examples_trained = 0  # examples in the batches delivered to training (`delivered`)
+    self.carried: dict = {}  # the counts of the runs this one resumes (`carry`)
     self.add_tasks(tasks)
+
+  def carry(self, saved: Iterable[Mapping]) -> None:
+    """Adds counts saved by earlier runs (`as_dict`s) to every count reported: counts are cumulative across
+    restarts. A restored stream does not count again what it had read before it was saved."""
+    for d in saved:
+      self.carried = _added(self.carried, {k: v for k, v in d.items() if k != "packing"} | {
+          "packing": {k: v for k, v in d.get("packing", {}).items() if k != "efficiency"}})
 
   def add_tasks(self, tasks: Iterable[seqio.Task]) -> None:
     """Adds tasks of the stream (each once) to those whose source skips are reported."""
@@ -102,8 +110,10 @@ class StreamStats:
     # Source filters count per process, over everything read from the tasks' datasets (itjax.data.skips).
     out["source_skipped"] = skips.skip_counts(self.tasks)
     p = self.packing
-    out["packing"] = {"examples": p.examples, "rows": p.rows, "tokens": p.tokens, "capacity": p.capacity,
-                      "efficiency": round(p.efficiency, 4)}
+    out["packing"] = {"examples": p.examples, "rows": p.rows, "tokens": p.tokens, "capacity": p.capacity}
+    out = _added(out, self.carried)
+    packing = out["packing"]
+    packing["efficiency"] = round(packing["tokens"] / packing["capacity"], 4) if packing["capacity"] else 0.0
     return out
 
   def scalars(self) -> dict[str, float]:
@@ -113,23 +123,33 @@ class StreamStats:
                                                "dedup_dropped") if d[k]}
     if d["source_skipped"]:
       out["data/source_skipped"] = float(skips.total(d["source_skipped"]))
-    if self.packing.rows:
-      out["data/packing_efficiency"] = self.packing.efficiency
+    if d["packing"]["rows"]:
+      out["data/packing_efficiency"] = d["packing"]["tokens"] / d["packing"]["capacity"]
     return out
 
   def summary(self) -> str:
     """One line of the nonzero counts."""
     d = self.as_dict()
     parts = [f"{k}={d[k]:,}" for k in ("examples_trained", *GRAPH_COUNTERS) if d[k]]
-    if self.dedup:
+    if d["dedup_per_task"]:
       parts.append(f"dedup_dropped={d['dedup_dropped']:,} of {d['dedup_examples']:,}")
     if d["source_skipped"]:
       parts.append("skipped at the source: " + "; ".join(
           f"{ds} {n:,} {reason}" for ds, reasons in d["source_skipped"].items() for reason, n in reasons.items()))
-    if self.packing.rows:
-      parts.append(f"packed {self.packing.examples:,} examples into {self.packing.rows:,} rows "
-                   f"({self.packing.efficiency:.1%} non-padding)")
+    if (p := d["packing"])["rows"]:
+      parts.append(f"packed {p['examples']:,} examples into {p['rows']:,} rows ({p['efficiency']:.1%} non-padding)")
     return "training stream: " + (", ".join(parts) if parts else "nothing dropped, truncated or packed yet")
 
   def log(self) -> None:
     log.info("%s", self.summary())
+
+
+def _added(a: Mapping, b: Mapping) -> dict:
+  """`a` + `b` for (nested dicts of) counts: numbers add, dicts merge."""
+  out = dict(a)
+  for k, v in b.items():
+    if isinstance(v, Mapping):
+      out[k] = _added(out.get(k, {}), v)
+    else:
+      out[k] = out.get(k, 0) + v
+  return out
