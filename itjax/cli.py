@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
@@ -290,5 +291,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def console_main() -> None:
+  """The `itjax` command: `main`, then a failed run exits at once.
+
+  A failed training stream may still have threads inside its numpy functions, waiting for the GIL; freeing its
+  iterator (at interpreter exit at the latest) would wait for them while holding it, a deadlock inside
+  TensorFlow. So a failure (a traceback: 1, a user error: 2) flushes what it printed and leaves with
+  `os._exit`; the checkpoints it wrote are already complete (the trainer waits for them).
+  """
+  try:
+    code = main()
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except BaseException:  # noqa: BLE001 -- print it as Python would, then exit without the interpreter's teardown
+    traceback.print_exc()
+    code = 1
+  if code in (1, 2):
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_main()

@@ -1,4 +1,7 @@
-"""Orbax checkpoints in MODEL_DIR/checkpoints/<step>/: state, RNG and data position.
+"""Orbax checkpoints in MODEL_DIR/checkpoints/<step>/: state, RNG, metadata and the data stream's state.
+
+The `data` item holds named blobs that every process writes for itself (its data shards' iterator
+states, `itjax.data.stream_state`), inside the same save: a step is complete with all of them or not at all.
 
 Saves are asynchronous. A step counts only once complete: Orbax writes it to
 `<step>.orbax-checkpoint-tmp` and renames it when done (on object stores it
@@ -11,6 +14,7 @@ aside to `<step>.incomplete`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,15 +24,52 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from itjax.core.distributed import sync
 from itjax.errors import UserError
 
 log = logging.getLogger("itjax")
 
-ITEMS = ("state", "meta")
+ITEMS = ("state", "meta", "data")
 COMMIT_MARKER = "commit_success.txt"  # orbax's atomicity_types.COMMIT_SUCCESS_FILE
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class BlobsHandler(ocp.CheckpointHandler):
+  """Writes each process's named blobs as files of the item directory (names must differ between processes)."""
+
+  def save(self, directory: epath.Path, args: BlobsSave) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, blob in args.blobs.items():
+      (directory / name).write_bytes(blob)
+
+  def restore(self, directory: epath.Path, args: BlobsRestore | None = None) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+@ocp.args.register_with_handler(BlobsHandler, for_save=True)
+@dataclasses.dataclass
+class BlobsSave(ocp.args.CheckpointArgs):
+  blobs: Mapping[str, bytes]
+
+
+@ocp.args.register_with_handler(BlobsHandler, for_restore=True)
+@dataclasses.dataclass
+class BlobsRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+def read_blob(step_dir: str, name: str) -> bytes | None:
+  """One blob of a step's data item (None: not saved)."""
+  path = epath.Path(step_dir) / "data" / name
+  return path.read_bytes() if path.is_file() else None
+
+
+def blob_names(step_dir: str) -> list[str]:
+  """The blobs a step's data item holds (none for checkpoints saved without data state)."""
+  d = epath.Path(step_dir) / "data"
+  return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
 def is_complete(step_dir: str) -> bool:
@@ -121,15 +162,20 @@ class Checkpointer:
     """The best checkpoint by `best_metric` (the latest without one)."""
     return self.manager.best_step()
 
+  def due(self, step: int, force: bool = False) -> bool:
+    """Whether `save` would save `step`."""
+    return (force or not step % self.period) and step not in self.manager.all_steps()
+
   def save(self, step: int, state: Any, meta: dict, force: bool = False,
-           metrics: Mapping[str, float] | None = None) -> bool:
-    """Saves every `period` steps (Orbax alone would also save the first step it sees), or when forced."""
-    if not force and step % self.period:
+           metrics: Mapping[str, float] | None = None, data: Mapping[str, bytes] | None = None) -> bool:
+    """Saves every `period` steps (Orbax alone would also save the first step it sees), or when forced; `data`:
+    this process's blobs for the data item."""
+    if not self.due(step, force):  # off period, or already saved (the final save of a resumed, finished run)
       return False
-    if step in self.manager.all_steps():  # already saved (e.g. the final save of a resumed, finished run)
-      return False
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           meta=ocp.args.JsonSave(meta)),
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data is not None:
+      items["data"] = BlobsSave(dict(data))
+    return self.manager.save(step, args=ocp.args.Composite(**items),
                              metrics=dict(metrics) if metrics and self.best_metric else None, force=force)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:

@@ -43,7 +43,9 @@ def indexed_dataset(n: int | None, fetch: Callable[[int, int], Columns], spec: M
 
   @tf.autograph.experimental.do_not_convert
   def call(start):
-    out = tf.numpy_function(py, [start], [spec[k].dtype for k in keys], stateful=False)
+    # Marked stateful although pure: when a stateless numpy function raises, TensorFlow hangs at exit. Stateful
+    # ops are "external state", which the iterator's save ignores (`stream_state.iterator_options`).
+    out = tf.numpy_function(py, [start], [spec[k].dtype for k in keys], stateful=True)
     return {k: tf.ensure_shape(v, [None, *spec[k].shape]) for k, v in zip(keys, out, strict=True)}
 
   return starts.map(call).unbatch()

@@ -115,7 +115,7 @@ def text_stream(tasks: Sequence[seqio.Task], rates: Sequence[float], *, seed: in
 
   @tf.autograph.experimental.do_not_convert
   def step(counts, chunk):
-    new, which, js = tf.numpy_function(draws.draw, [counts, chunk], [tf.int64, tf.int32, tf.int64], stateful=False)
+    new, which, js = tf.numpy_function(draws.draw, [counts, chunk], [tf.int64, tf.int32, tf.int64], stateful=True)
     return tf.ensure_shape(new, counts.shape), (tf.ensure_shape(which, [DRAWS]), tf.ensure_shape(js, [DRAWS]))
 
   def py_fetch(which, js):
@@ -125,7 +125,7 @@ def text_stream(tasks: Sequence[seqio.Task], rates: Sequence[float], *, seed: in
 
   @tf.autograph.experimental.do_not_convert
   def fetch(which, js):
-    out = tf.numpy_function(py_fetch, [which, js], [layout.spec()[k].dtype for k in keys], stateful=False)
+    out = tf.numpy_function(py_fetch, [which, js], [layout.spec()[k].dtype for k in keys], stateful=True)
     return {k: tf.ensure_shape(v, [None, *layout.spec()[k].shape]) for k, v in zip(keys, out, strict=True)}
 
   chunks = tf.data.Dataset.range(2**62 if draws.p.sum() > 0 else 0)

@@ -29,6 +29,7 @@ import tensorflow as tf
 from itjax.data.stream_stats import StreamStats
 from itjax.errors import UserError
 
+_FAILED: list = []  # iterators of failed streams, kept until exit (see `ShardStream.__next__`)
 _USER_ERROR = re.compile(r"(?:itjax\.errors\.)?UserError: ([^\n]+)")
 # How a data shard's state and a process's counts are named in a checkpoint's data/ item.
 SHARD_NAME = "shard-{index:05d}-of-{count:05d}.tfdata"
@@ -71,6 +72,9 @@ class ShardStream:
     try:
       batch = {k: v.numpy() for k, v in next(self._it).items()}
     except tf.errors.OpError as e:
+      # A failed stream's threads go on calling its numpy functions, which need the GIL; freeing the iterator now
+      # would wait for them while holding it (a deadlock inside TensorFlow). It is freed at exit instead.
+      _FAILED.append(self._it)
       if m := _USER_ERROR.search(e.message or ""):
         raise UserError(m.group(1)) from None
       raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import jax
@@ -67,9 +68,11 @@ class Loop:
 
   def __init__(self, *, model_dir: str, ckpt: Checkpointer, writer: MetricsWriter, start: int, start_batch: int,
                seed: int, data_shards: int, num_params: int, peak_flops: float | None, meta: dict | None = None,
-               stream_stats: StreamStats | None = None):
+               stream_stats: StreamStats | None = None, data_state: Callable[[], dict[str, bytes]] | None = None,
+               data_seed: int | None = None):
     self.model_dir, self.ckpt, self.writer = model_dir, ckpt, writer
-    self.stream_stats = stream_stats
+    self.stream_stats, self.data_state = stream_stats, data_state  # data_state: this process's stream blobs
+    self.data_seed = seed if data_seed is None else data_seed  # the stream's seed ("fresh" resumes change it)
     self.meta = meta or {}  # extra checkpoint metadata (PEFT: the base reference)
     self.start, self.start_batch, self.seed, self.data_shards = start, start_batch, seed, data_shards
     self.num_params, self.peak_flops = num_params, peak_flops
@@ -137,9 +140,11 @@ class Loop:
 
   def checkpoint(self, step: int, state: TrainState, force: bool = False,
                  metrics: dict[str, float] | None = None) -> None:
-    if not force and step % self.ckpt.period:
+    if not self.ckpt.due(step, force):
       return
     self.verify()
-    self.ckpt.save(step, state, {"data": {"batches": self.start_batch + step - self.start,
-                                          "shards": self.data_shards}, "seed": self.seed, **self.meta},
-                   force=force, metrics=metrics)
+    data = self.data_state() if self.data_state is not None else None  # now: the stream moves on after this
+    self.ckpt.save(step, state, {"data": {"batches": self.start_batch + step - self.start, "shards": self.data_shards,
+                                          "seed": self.data_seed, "state": data is not None},
+                                 "seed": self.seed, **self.meta},
+                   force=force, metrics=metrics, data=data)

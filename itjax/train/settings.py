@@ -28,6 +28,8 @@ from itjax.peft.method import check_peft
 from itjax.train.objectives.base import Objective
 from itjax.train.objectives.cross_entropy import CrossEntropy
 
+RESUME_POLICIES = ("restore", "replay", "fresh")
+
 
 @gin.configurable("stream_settings")
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,13 @@ class StreamSettings:
     EVAL_MIXTURES (itjax.data.quality); counted.
   data_shards: how many pieces each global batch is read in (default: the process count, or the
     resumed checkpoint's); each process reads data_shards / process_count of them.
+  resume: how a resumed run finds its place in the data. "restore" (default): each data shard's saved
+    iterator state, at a cost that does not grow with the position (itjax.data.stream_state); "replay":
+    re-read every batch already trained on (the cost grows with the position; for checkpoints saved
+    without data state); "fresh": a new stream, seeded by the seed and the step (nothing repeats exactly,
+    but within each task's current pass examples may be seen twice or not at all). Where "restore" cannot
+    continue exactly (the saved data shards cannot be read by this many processes), the run uses "fresh"
+    and says so.
   """
 
   pack: bool = True
@@ -48,10 +57,13 @@ class StreamSettings:
   dedup: bool = False
   decontaminate: bool = False
   data_shards: int | None = None
+  resume: str = "restore"
 
   def __post_init__(self):
     if self.packer not in PACKERS:
       raise UserError(f"unknown packer {self.packer!r} (choose from {', '.join(PACKERS)})")
+    if self.resume not in RESUME_POLICIES:
+      raise UserError(f"stream_settings.resume={self.resume!r}: choose from {', '.join(RESUME_POLICIES)}")
     if self.data_shards is not None:
       check_int("stream_settings.data_shards", self.data_shards, 1)
 

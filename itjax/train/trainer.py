@@ -7,9 +7,10 @@ the caller's: `evaluator` builds an `Evaluator` (`itjax.eval.training.TrainingEv
 so this module never imports the eval layer.
 
 Robustness: a run killed at any point and restarted continues with exactly the losses of an
-uninterrupted one (the data stream is a function of the seed, `data_shards` and the number of
-batches consumed). SIGTERM saves the current step and returns normally; non-finite values stop the
-run before they are checkpointed (`itjax.train.loop`).
+uninterrupted one (the data stream is a function of the seed and `data_shards`, and every checkpoint
+holds each data shard's iterator state, restored in seconds at any position: `stream_settings.resume`).
+SIGTERM saves the current step and returns normally; non-finite values stop the run before they are
+checkpointed (`itjax.train.loop`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import seqio
 
 from itjax.core import vocabulary as core_vocabulary
-from itjax.core.checkpoints import Checkpointer
+from itjax.core.checkpoints import Checkpointer, blob_names, read_blob
 from itjax.core.distributed import initialize_distributed
 from itjax.core.model_dir import find_model_dir, save_model_config
 from itjax.core.model_info import write_model_info
@@ -35,6 +36,7 @@ from itjax.core.tokenizer import copy_tokenizer_files, load_tokenizer, model_dir
 from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
+from itjax.data.stream_state import HostStream
 from itjax.data.stream_stats import StreamStats
 from itjax.data.truncation import KEEP_START
 from itjax.data.truncation import run_default as run_truncation
@@ -84,22 +86,50 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Ar
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                  seed: int, data_shards: int, start_batch: int, layout: FeatureLayout, stream: StreamSettings,
                  vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None,
-                 stats: StreamStats | None = None, truncation: str = KEEP_START) -> Iterator[dict[str, np.ndarray]]:
+                 stats: StreamStats | None = None, truncation: str = KEEP_START) -> HostStream:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
   The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
   the number of processes, so runs with equal `data_shards` see the same batches on 1 or N hosts.
+  `start_batch` > 0 replays that many batches (`stream_settings.resume="replay"`); the stream's
+  `restore` continues from saved states instead.
   """
   per_host = data_shards // jax.process_count()
-  streams = [numpy_batches(train_dataset(
-      mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed,
-      shard_index=jax.process_index() * per_host + j, num_shards=data_shards, pack=stream.pack,
-      start_batch=start_batch, layout=layout, packer=stream.packer, dedup=stream.dedup,
-      decontaminate=decontaminate, stats=stats, vocabulary=vocabulary, truncation=truncation), stats)
-      for j in range(per_host)]
-  while True:
-    parts = [next(s) for s in streams]
-    yield parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  shards = {}
+  for j in range(per_host):
+    index, side = jax.process_index() * per_host + j, []
+    shards[index] = numpy_batches(train_dataset(
+        mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed, shard_index=index,
+        num_shards=data_shards, pack=stream.pack, start_batch=start_batch, layout=layout, packer=stream.packer,
+        dedup=stream.dedup, decontaminate=decontaminate, stats=stats, vocabulary=vocabulary, truncation=truncation,
+        side_state=side), stats, side)
+  return HostStream(shards, data_shards, stats, (jax.process_index(), jax.process_count()))
+
+
+def _data_resume(policy: str, step_dir: str | None, meta: dict, data_shards: int, seed: int) -> tuple[str, int]:
+  """How this run finds its place in the data (`stream_settings.resume`, see there): (policy, stream seed)."""
+  if step_dir is None:
+    return "start", seed
+  saved = meta["data"]
+  saved_seed = saved.get("seed", seed)
+  if policy == "restore" and not saved.get("state"):
+    log.warning("data stream: step %s was saved without its stream's state; replaying %d batches to reach its "
+                "position (this takes time proportional to it)", os.path.basename(step_dir), saved["batches"])
+    return "replay", saved_seed
+  if policy == "restore" and saved.get("shards") != data_shards:
+    policy = "fresh"
+    log.warning("data stream: the checkpoint read %s data shards and this run reads %d, so the saved stream "
+                "cannot continue exactly; starting a fresh stream instead", saved.get("shards"), data_shards)
+  if policy == "fresh":
+    fresh = (saved_seed * 1_000_003 + int(os.path.basename(step_dir)) + 1) % 2**31
+    log.warning("data stream: fresh, seed %d (was %d): nothing is replayed; within each task's current pass, "
+                "examples already trained on may come again and others may not come before the next pass",
+                fresh, saved_seed)
+    return "fresh", fresh
+  if policy == "restore":
+    log.info("data stream: restoring its saved state (%d data shards): continuing exactly at batch %d",
+             data_shards, saved["batches"])
+  return policy, saved_seed
 
 
 def _resolve_data_shards(requested: int | None, saved: int | None, batch_size: int) -> int:
@@ -191,7 +221,7 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
   loop = None
   try:
     start = ckpt.latest_step()
-    saved_shards = None
+    saved_shards, meta = None, {}
     if start is not None:
       state, meta = ckpt.restore(start, b.abstract_state)
       b = b.with_trainable(b.trainable.from_meta(meta, os.path.join(ckpt.directory, str(start))))
@@ -205,6 +235,8 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
       start, start_batch = 0, 0
       state = b.trainable.start(state, shardings, b.optimizer, s.initial_checkpoint_path)
     data_shards = _resolve_data_shards(s.stream.data_shards, saved_shards, s.batch_size)
+    step_dir = os.path.join(ckpt.directory, str(start)) if start else None
+    resume, data_seed = _data_resume(s.stream.resume, step_dir, meta, data_shards, s.seed)
     frozen = b.load_frozen()
     if jax.process_index() == 0:
       write_model_info(os.path.join(model_dir, "model-info.txt"),
@@ -218,12 +250,17 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
       index = eval_index(list(s.eval_mixtures.values()), splits)
       log.info("decontaminating against %d 13-grams of %s (%s)", len(index), sorted(s.eval_mixtures.values()),
                "/".join(splits))
-    batches = host_batches(s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=s.seed,
-                           data_shards=data_shards, start_batch=start_batch, layout=b.interface.features,
-                           stream=s.stream, vocabulary=vocabulary, decontaminate=index, stats=stream_stats,
-                           truncation=run_truncation())
+    batches = host_batches(s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=data_seed,
+                           data_shards=data_shards, start_batch=start_batch if resume == "replay" else 0,
+                           layout=b.interface.features, stream=s.stream, vocabulary=vocabulary,
+                           decontaminate=index, stats=stream_stats, truncation=run_truncation())
+    if resume == "restore":
+      t0 = time.time()
+      batches.restore(lambda name: read_blob(step_dir, name), blob_names(step_dir), f"{step_dir}/data")
+      log.info("data stream restored in %.1f s", time.time() - t0)
     loop = Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, s.train_steps, start),
-                stream_stats=stream_stats, start=start, start_batch=start_batch, seed=s.seed,
+                stream_stats=stream_stats, data_state=batches.state, data_seed=data_seed,
+                start=start, start_batch=start_batch, seed=s.seed,
                 data_shards=data_shards, meta={**b.trainable.checkpoint_meta(), "topology": _topology(b.mesh)},
                 num_params=int(perf.count_params((state.params, frozen)) * b.interface.active_param_fraction),
                 peak_flops=s.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))

@@ -66,10 +66,21 @@ def record_reads(path):
                    "num_shards": kwargs["num_shards"]})
     return open_dataset(*args, **kwargs)
 
-  def host_batches(*args, **kwargs):
-    for batch in batches(*args, **kwargs):
+  class Recorded:  # the trainer's stream (saved and restored as usual), recording each batch it hands out
+    def __init__(self, stream):
+      self.stream = stream
+      self.state, self.restore = stream.state, stream.restore
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      batch = next(self.stream)
       _append(path, {"process": jax.process_index(), "rows": batch["decoder_target_tokens"].tolist()})
-      yield batch
+      return batch
+
+  def host_batches(*args, **kwargs):
+    return Recorded(batches(*args, **kwargs))
 
   trainer.train_dataset, trainer.host_batches = train_dataset, host_batches
   try:
