@@ -45,7 +45,7 @@ class BlobsHandler(ocp.CheckpointHandler):
       (directory / name).write_bytes(blob)
 
   def restore(self, directory: epath.Path, args: BlobsRestore | None = None) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in directory.iterdir()}
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name != COMMIT_MARKER}
 
 
 @ocp.args.register_with_handler(BlobsHandler, for_save=True)
@@ -69,7 +69,7 @@ def read_blob(step_dir: str, name: str) -> bytes | None:
 def blob_names(step_dir: str) -> list[str]:
   """The blobs a step's data item holds (none for checkpoints saved without data state)."""
   d = epath.Path(step_dir) / "data"
-  return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+  return sorted(p.name for p in d.iterdir() if p.name != COMMIT_MARKER) if d.is_dir() else []
 
 
 def is_complete(step_dir: str) -> bool:
