@@ -80,10 +80,11 @@ class Loop:
     self.verified = start  # every step <= this one had finite loss and state
     self.metrics: dict = {}
     self.t_start = time.time()
-    self.window_t0, self.window_steps, self.window_tokens = self.t_start, 0, 0.0
+    self.window_t0, self.window_steps, self.window_tokens, self.window_wait = self.t_start, 0, 0.0, 0.0
     self.first_step_s: float | None = None
 
-  def stepped(self, step: int, m: dict, tokens: float) -> None:
+  def stepped(self, step: int, m: dict, tokens: float, data_wait: float = 0.0) -> None:
+    """Notes a dispatched step: its metrics, its tokens and how long it waited for its batch."""
     self.pending.append((step, m))
     if step == self.start + 1:  # time compilation apart from steady-state steps
       jax.block_until_ready(m["loss"])
@@ -92,6 +93,7 @@ class Loop:
     else:
       self.window_steps += 1
       self.window_tokens += tokens
+      self.window_wait += data_wait
 
   def verify(self, fetched: list[tuple[int, dict]] | None = None) -> None:
     """Raises NonFiniteError for the first unverified step whose loss or state is not finite."""
@@ -118,7 +120,9 @@ class Loop:
     metrics = {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
     if self.window_steps:
       elapsed = time.time() - self.window_t0
-      metrics.update(step_time_s=elapsed / self.window_steps, tokens_per_s=self.window_tokens / elapsed)
+      # data_wait_fraction: of the window's time, how much the loop spent blocked on the next batch.
+      metrics.update(step_time_s=elapsed / self.window_steps, tokens_per_s=self.window_tokens / elapsed,
+                     data_wait_fraction=self.window_wait / elapsed)
       mfu = perf.mfu(self.num_params, metrics["tokens_per_s"], self.peak_flops, jax.device_count())
       if mfu is not None:
         metrics["mfu"] = mfu
@@ -128,7 +132,7 @@ class Loop:
       metrics["first_step_s"] = self.first_step_s  # compilation included
       self.first_step_s = None
     self.pending = []
-    self.window_t0, self.window_steps, self.window_tokens = time.time(), 0, 0.0
+    self.window_t0, self.window_steps, self.window_tokens, self.window_wait = time.time(), 0, 0.0, 0.0
     self.writer.write(step, metrics)
     self.writer.advance(len(fetched))
     self.metrics = metrics

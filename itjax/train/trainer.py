@@ -303,12 +303,14 @@ def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterat
   best = bool(s.checkpoints.best_metric)
   with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
     while step < s.train_steps and not preempt.should_stop(step):
-      local = next(batches)
+      t0 = time.perf_counter()
+      local = next(batches)  # blocks only when the stream's prefetch has not kept up with the step
+      waited = time.perf_counter() - t0
       tokens = float(sum(np.sum(local[k] > 0) for k in ("encoder_input_tokens", "decoder_target_tokens")
                          if k in local)) * jax.process_count()
       state, m = b.step_fn(state, _global_batch(local, b.batch_sharding), frozen)
       step += 1
-      loop.stepped(step, m, tokens)
+      loop.stepped(step, m, tokens, waited)
       if step == start + 1:
         write_operative_config(loop.model_dir)
       if step % s.log_every == 0 or step == s.train_steps:
