@@ -36,7 +36,7 @@ from itjax.core.tokenizer import copy_tokenizer_files, load_tokenizer, model_dir
 from itjax.data.pipeline import numpy_batches, train_dataset
 from itjax.data.quality import NgramIndex, eval_index
 from itjax.data.registry import require_task
-from itjax.data.stream_state import HostStream
+from itjax.data.stream_state import HostStream, saved_counts
 from itjax.data.stream_stats import StreamStats
 from itjax.data.truncation import KEEP_START
 from itjax.data.truncation import run_default as run_truncation
@@ -258,6 +258,9 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
       t0 = time.time()
       batches.restore(lambda name: read_blob(step_dir, name), blob_names(step_dir), f"{step_dir}/data")
       log.info("data stream restored in %.1f s", time.time() - t0)
+    elif resume == "fresh":  # a new stream, but the counts go on
+      stream_stats.carry(saved_counts(lambda name: read_blob(step_dir, name), jax.process_index(),
+                                      jax.process_count(), blob_names(step_dir)))
     loop = Loop(model_dir=model_dir, ckpt=ckpt, writer=MetricsWriter(model_dir, s.train_steps, start),
                 stream_stats=stream_stats, data_state=batches.state, data_seed=data_seed,
                 start=start, start_batch=start_batch, seed=s.seed,

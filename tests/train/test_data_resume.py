@@ -63,6 +63,8 @@ def test_a_shard_count_change_starts_a_fresh_stream_and_says_so(reference, tmp_p
   assert m, err[-3000:]
   assert read_metadata(str(d / "checkpoints" / "10"))["data"]["seed"] == int(m.group(1))
   assert losses(d)[9] != losses(reference)[9]  # other data
+  trained = read_metrics(d)[10]["data/examples_trained"] - read_metrics(reference)[8]["data/examples_trained"]
+  assert 0 < trained < read_metrics(reference)[8]["data/examples_trained"]  # the counts went on from step 8
   uninterrupted = tmp_path / "uninterrupted"
   _resume_copy(d, uninterrupted, 10)
   assert train(uninterrupted, "--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=2") == 0

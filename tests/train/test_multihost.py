@@ -52,9 +52,10 @@ def _wait_all(procs, timeout: float = 600) -> list[int]:
       p.kill()
 
 
-def test_two_processes_match_one_and_resume_on_one(tmp_path):
+def test_two_processes_match_one_and_resume_on_one(tmp_path, capsys):
   """Same losses as one 8-device process reading the same 2 data shards; the 2-host checkpoint then
-  resumes on 1 host (still reading 2 shards, from the checkpoint) and continues the same run."""
+  resumes on 1 host (still reading 2 shards, restoring both hosts' saved stream states: the documented
+  policy when the new process count divides the shards) and continues the same run."""
   ref = tmp_path / "one"
   assert train(ref, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_PERIOD=2", "--gin.stream_settings.data_shards=2") == 0
   d = tmp_path / "two"
@@ -65,7 +66,12 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
   assert len((d / "metrics.jsonl").read_text().splitlines()) == 6  # process 0 alone writes summaries
   np.testing.assert_allclose([got[s] for s in got], [want[s] for s in got], rtol=1e-5)
   assert_trees_equal(checkpoint_state(d)["params"], checkpoint_state(ref, 6)["params"], atol=1e-5)
+  assert sorted(os.listdir(d / "checkpoints" / "6" / "data")) == [
+      "commit_success.txt", "counts-process-00000-of-00002.json", "counts-process-00001-of-00002.json",
+      "shard-00000-of-00002.tfdata", "shard-00001-of-00002.tfdata"]  # each process wrote its own
+  capsys.readouterr()
   assert train(d, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_PERIOD=2") == 0
+  assert "restoring its saved state (2 data shards): continuing exactly at batch 6" in capsys.readouterr().err
   got = losses(d)
   np.testing.assert_allclose([got[7], got[8]], [want[7], want[8]], rtol=1e-5)
 
