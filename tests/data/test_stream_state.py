@@ -67,7 +67,8 @@ def _equal(a, b):
 
 
 CASES = {
-    "seqio tasks (procedural, few-shot), best-fit": ("proc_heldout_nli", {}),
+    "seqio tasks (procedural), best-fit": ("proc_heldout_nli", {}),
+    "few-shot exemplars": ("proc_add_fs_noopt", {"lengths": {"inputs": 160, "targets": 16}}),
     "seqio packer": ("proc_heldout_nli", {"packer": "seqio"}),
     "unpacked": ("proc_heldout_nli", {"pack": False}),
     "shared JSONL stream": ("st_shared", {}),
