@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from itjax.errors import UserError
 from itjax.models import peft_hooks
 from itjax.models.config_checks import check_fields
-from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init
+from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init, vocab_logits
 from itjax.models.peft_hooks import PeftConfig
 
 
@@ -199,7 +199,8 @@ class Decoder(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, decode: bool = False):
+  def __call__(self, tokens, segment_ids=None, positions=None, decode: bool = False, hidden: bool = False):
+    """Logits, or with `hidden` the final-normed states [batch, length, embed] that `vocab_logits` maps to them."""
     cfg = self.cfg
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
@@ -225,10 +226,11 @@ class Decoder(nn.Module):
 
     x = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
-      logits = jnp.einsum("ble,ve->blv", x, embed.astype(cfg.compute_dtype))
+      weight = embed
     else:
-      head = self.param("lm_head", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", "vocab")),
-                        (cfg.emb_dim, cfg.vocab_size), cfg.params_dtype)
-      logits = jnp.einsum("ble,ev->blv", x, head.astype(cfg.compute_dtype))
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+      weight = self.param("lm_head", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", "vocab")),
+                          (cfg.emb_dim, cfg.vocab_size), cfg.params_dtype)
+    if hidden:
+      return x
+    logits = vocab_logits(x, weight, tied=cfg.tie_embeddings, dtype=cfg.compute_dtype)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -14,9 +14,11 @@ over all devices) and gets every result back.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import ClassVar
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,7 @@ import numpy as np
 from itjax.models import decoding, enc_dec_decoding, scoring
 from itjax.models.decoder import Decoder
 from itjax.models.features import ENC_DEC, PREFIX_LM, FeatureLayout
+from itjax.models.layers import vocab_logits
 from itjax.models.t5 import T5
 
 Batch = Mapping[str, jax.Array]
@@ -34,6 +37,12 @@ PAD_MULTIPLE = 32  # prompt lengths are rounded up to this: fewer shapes, fewer 
 
 def _sampling_args(temperature: float, top_k: int, top_p: float) -> bool:
   return temperature > 0 or top_k > 0 or top_p < 1.0
+
+
+def _head(cfg: Any, params) -> Callable[[jax.Array], jax.Array]:
+  """The head of a model with `cfg` (tied embedding or lm_head) as a function of its states."""
+  weight = nn.meta.unbox(params["embedding"] if cfg.tie_embeddings else params["lm_head"])
+  return functools.partial(vocab_logits, weight=weight, tied=cfg.tie_embeddings, dtype=cfg.compute_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +72,10 @@ class DecoderOnly:
     """Length of the row a prompt fills before generation (BOS first)."""
     return prompt_tokens + 1
 
-  def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-    """[batch, length, vocab] float32 logits for a (packed or not) training batch."""
+  def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None, hidden: bool = False
+             ) -> jax.Array:
+    """[batch, length, vocab] float32 logits for a (packed or not) training batch; with `hidden`, the states
+    before the head ([batch, length, embed]: `head` maps them to the logits)."""
     tokens = batch["decoder_input_tokens"]
     if "decoder_segment_ids" in batch:
       segments, positions = batch["decoder_segment_ids"], batch["decoder_positions"]
@@ -73,7 +84,11 @@ class DecoderOnly:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     # The decoder itself has no dropout; LoRA's (itjax.peft) acts when a dropout RNG is given.
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.model.apply({"params": params}, tokens, segments, positions, rngs=rngs)
+    return self.model.apply({"params": params}, tokens, segments, positions, hidden=hidden, rngs=rngs)
+
+  def head(self, params) -> Callable[[jax.Array], jax.Array]:
+    """States (`logits(..., hidden=True)`, any leading shape) -> float32 logits: the model's own head."""
+    return _head(self.model.cfg, params)
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -121,8 +136,14 @@ class EncoderDecoder:
   def padded_prompt_length(self, prompt_tokens: int) -> int:
     return prompt_tokens
 
-  def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-    """[batch, targets length, vocab] float32; dropout (the config's rate) when `dropout_rng` is given."""
+  def head(self, params) -> Callable[[jax.Array], jax.Array]:
+    """Decoder states (`logits(..., hidden=True)`, any leading shape) -> float32 logits: the model's own head."""
+    return _head(self.model.cfg, params)
+
+  def logits(self, params, batch: Batch, *, dropout_rng: jax.Array | None = None, hidden: bool = False
+             ) -> jax.Array:
+    """[batch, targets length, vocab] float32; dropout (the config's rate) when `dropout_rng` is given; with
+    `hidden`, the decoder states before the head ([batch, targets length, embed])."""
     enc, dec = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
     if "encoder_segment_ids" in batch:
       segs = (batch["encoder_segment_ids"], batch["decoder_segment_ids"], batch["encoder_positions"],
@@ -130,7 +151,8 @@ class EncoderDecoder:
     else:  # unpacked: padding is id 0 in the encoder; the decoder's padding only carries zero loss weight
       segs = ((enc > 0).astype(jnp.int32), jnp.ones_like(dec), None, None)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.model.apply({"params": params}, enc, dec, *segs, deterministic=dropout_rng is None, rngs=rngs)
+    return self.model.apply({"params": params}, enc, dec, *segs, deterministic=dropout_rng is None, hidden=hidden,
+                            rngs=rngs)
 
   def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_id: int,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,

@@ -33,6 +33,13 @@ class Numerics:
     return resolve_dtype(self.param_dtype)
 
 
+def vocab_logits(x: jax.Array, weight: jax.Array, *, tied: bool, dtype) -> jax.Array:
+  """Hidden states [..., embed] -> float32 logits [..., vocab]: x @ embedding.T when `tied`, else x @ lm_head
+  (computed in `dtype`). One function for the models' heads and the chunked loss, so both give the same logits."""
+  logits = jnp.einsum("...e,ve->...v" if tied else "...e,ev->...v", x, weight.astype(dtype))
+  return logits.astype(jnp.float32)
+
+
 def dense_init(fan_in: int):
   """Normal(0, 1/sqrt(fan_in)): variance scaling that ignores the kernel's extra dims."""
   return nn.initializers.normal(fan_in ** -0.5)

@@ -22,7 +22,7 @@ from itjax.errors import UserError
 from itjax.models import peft_hooks
 from itjax.models.config_checks import check_fields
 from itjax.models.decoder import remat_policy
-from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init
+from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init, vocab_logits
 from itjax.models.peft_hooks import PeftConfig
 
 _MLP_ACTIVATIONS = ("gelu", "relu", "silu")
@@ -342,8 +342,9 @@ class T5(nn.Module):
     return self.encoder(self._embed(encoder_tokens), encoder_segment_ids, encoder_positions, deterministic)
 
   def decode(self, encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids=None,
-             decoder_positions=None, decode: bool = False, deterministic: bool = True):
-    """Decoder logits (float32); with decode=True, appends to the KV cache and attends to it."""
+             decoder_positions=None, decode: bool = False, deterministic: bool = True, hidden: bool = False):
+    """Decoder logits (float32); with decode=True, appends to the KV cache and attends to it. With `hidden`, the
+    decoder's output states (scaled as the head reads them) that `vocab_logits` maps to the logits."""
     cfg = self.cfg
     if encoder_segment_ids is None:
       encoder_segment_ids = jnp.ones(encoded.shape[:2], jnp.int32)
@@ -353,15 +354,15 @@ class T5(nn.Module):
                      encoder_segment_ids, decode, deterministic)
     if cfg.scales_decoder_outputs:
       y = y * (cfg.emb_dim ** -0.5)
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("ble,ve->blv", y, self.embedding.astype(cfg.compute_dtype))
-    else:
-      logits = jnp.einsum("ble,ev->blv", y, self.lm_head.astype(cfg.compute_dtype))
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+    if hidden:
+      return y
+    logits = vocab_logits(y, self.embedding if cfg.tie_embeddings else self.lm_head, tied=cfg.tie_embeddings,
+                          dtype=cfg.compute_dtype)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None, decoder_segment_ids=None,
-               encoder_positions=None, decoder_positions=None, decode: bool = False, deterministic: bool = True):
+               encoder_positions=None, decoder_positions=None, decode: bool = False, deterministic: bool = True,
+               hidden: bool = False):
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic)
     return self.decode(encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids, decoder_positions,
-                       decode, deterministic)
+                       decode, deterministic, hidden)

@@ -10,13 +10,14 @@ The loss is a weighted sum over target tokens divided by a normalizing factor, c
 
 Every factor is a sum over the batch, so gradient accumulation over microbatches gives exactly
 the full-batch update. `z_loss` adds z_loss * log(Z)^2 per token (PaLM / T5X), `label_smoothing`
-smooths the one-hot targets.
+smooths the one-hot targets. `loss_chunk` computes the loss a chunk of tokens at a time, so the
+float32 logits of the whole batch never exist at once (`chunked_cross_entropy_sums`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import gin
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from itjax.errors import UserError
+from itjax.errors import UserError, check_int
 from itjax.models.families import interface_for
 from itjax.models.features import FeatureLayout
 from itjax.train.objectives.base import Batch, Sums
@@ -80,16 +81,50 @@ def cross_entropy_sums(logits, targets, weights, z_loss: float = 0.0, label_smoo
           "correct": jnp.sum(correct * w)}
 
 
+def chunked_cross_entropy_sums(states: jax.Array, head: Callable[[jax.Array], jax.Array], targets, weights,
+                               z_loss: float = 0.0, label_smoothing: float = 0.0, loss_weights=None, *,
+                               chunk: int) -> Sums:
+  """`cross_entropy_sums(head(states), ...)` without ever holding [batch, length, vocab]: the length is cut into
+  chunks of `chunk` tokens, scanned, and each chunk's logits are recomputed in the backward pass (rematerialized)
+  instead of stored, so the loss's memory is [batch, chunk, vocab]. Chunks along the length keep the batch axis
+  (and its sharding) whole. Equal to the full loss up to float summation order."""
+  rows, length = targets.shape
+  n = -(-length // chunk)
+  lw = weights if loss_weights is None else loss_weights
+
+  def chunks(a):  # [rows, length, ...] -> [n, rows, chunk, ...], zero-padded (zero weight: adds nothing)
+    a = jnp.pad(a, [(0, 0), (0, n * chunk - length)] + [(0, 0)] * (a.ndim - 2))
+    return jnp.swapaxes(a.reshape(rows, n, chunk, *a.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def step(total, part):
+    x, t, w, lw_part = part
+    sums = cross_entropy_sums(head(x), t, w, z_loss, label_smoothing, lw_part)
+    return jax.tree.map(jnp.add, total, sums), None
+
+  zero = {k: jnp.zeros((), jnp.float32) for k in ("loss", "z_loss", "weight", "correct")}
+  total, _ = jax.lax.scan(step, zero, (chunks(states), chunks(targets), chunks(weights), chunks(lw)))
+  return total
+
+
 def loss_sums(model: Any, params: Any, batch: Batch, z_loss: float = 0.0, label_smoothing: float = 0.0,
               loss_normalizing_factor: LossNormalization = "num_real_target_tokens",
-              dropout_rng: jax.Array | None = None) -> Sums:
-  """Summed loss terms of a batch of any family (`model`: an interface, or a config / module)."""
-  logits = interface_for(model).logits(params, batch, dropout_rng=dropout_rng)
+              dropout_rng: jax.Array | None = None, chunk: int | None = None) -> Sums:
+  """Summed loss terms of a batch of any family (`model`: an interface, or a config / module); with `chunk`,
+  computed `chunk` tokens of the length at a time (`chunked_cross_entropy_sums`)."""
+  iface = interface_for(model)
   weights = batch["decoder_loss_weights"]
   loss_weights, sequences = None, jnp.zeros((), jnp.float32)
   if loss_normalizing_factor == "average_per_sequence":
     loss_weights, sequences = per_sequence_weights(weights, decoder_segments(batch))
-  sums = cross_entropy_sums(logits, batch["decoder_target_tokens"], weights, z_loss, label_smoothing, loss_weights)
+  targets = batch["decoder_target_tokens"]
+  if chunk:
+    states = iface.logits(params, batch, dropout_rng=dropout_rng, hidden=True)
+    sums = chunked_cross_entropy_sums(states, iface.head(params), targets, weights, z_loss, label_smoothing,
+                                      loss_weights, chunk=chunk)
+  else:
+    logits = iface.logits(params, batch, dropout_rng=dropout_rng)
+    sums = cross_entropy_sums(logits, targets, weights, z_loss, label_smoothing, loss_weights)
   return {**sums, "sequences": sequences}
 
 
@@ -112,6 +147,9 @@ class CrossEntropy:
   z_loss: float = 0.0
   label_smoothing: float = 0.0
   loss_normalizing_factor: LossNormalization = "num_real_target_tokens"
+  # Tokens of the length per loss chunk: the loss then never holds [batch, length, vocab] float32 logits
+  # (Llama 3's 128,256 vocab at 8 x 8,192 tokens: 33.6 GB), only [batch, chunk, vocab]. None: all at once.
+  loss_chunk: int | None = None
 
   name: ClassVar[str] = "sft"
   frozen_trees: ClassVar[tuple[str, ...]] = ()
@@ -122,6 +160,8 @@ class CrossEntropy:
       raise UserError(f"sft.z_loss={self.z_loss!r} must be a number >= 0")
     if not isinstance(self.label_smoothing, (int, float)) or not 0 <= self.label_smoothing < 1:
       raise UserError(f"sft.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+    if self.loss_chunk is not None:
+      check_int("sft.loss_chunk", self.loss_chunk, 1)
 
   def features(self, layout: FeatureLayout) -> tuple[str, ...]:
     return layout.feature_keys
@@ -129,7 +169,7 @@ class CrossEntropy:
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:
     return loss_sums(iface, params, batch, self.z_loss, self.label_smoothing, self.loss_normalizing_factor,
-                     dropout_rng=dropout_rng)
+                     dropout_rng=dropout_rng, chunk=self.loss_chunk)
 
   def normalizer(self, sums: Sums, batch_shape: tuple[int, ...]) -> jax.Array:
     return normalizer(sums, self.loss_normalizing_factor, batch_shape)
