@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gin
 import jax
+import jax.numpy as jnp
 import optax
 
 from itjax.errors import UserError
@@ -50,10 +51,35 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
+STATE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def with_state_dtype(tx: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+  """`tx` keeping its floating-point state (Adam's moments, Adafactor's factors) in `dtype`, each update computed
+  in float32 from the upcast state: bfloat16 halves the optimizer state's memory (2 of Adam's 12 bytes per
+  parameter become 1 each), at bfloat16's 8-bit mantissa for the moments."""
+
+  def cast(tree, to):
+    return jax.tree.map(lambda x: x.astype(to) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+  def init(params):
+    return cast(tx.init(params), dtype)
+
+  def update(updates, state, params=None):
+    out, new = tx.update(updates, cast(state, jnp.float32), params)
+    return out, cast(new, dtype)
+
+  return optax.GradientTransformation(init, update)
+
+
 @gin.configurable
 def make_optimizer(name: str = "adamw", weight_decay: float = 0.0, clip_grad_norm: float | None = 1.0,
-                   b1: float = 0.9, b2: float = 0.95) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer and its schedule: adamw | adafactor (T5 defaults)."""
+                   b1: float = 0.9, b2: float = 0.95, state_dtype: str = "float32"
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer and its schedule: adamw | adafactor (T5 defaults); `state_dtype` "bfloat16" stores its state in
+  bfloat16 (`with_state_dtype`)."""
+  if state_dtype not in STATE_DTYPES:
+    raise UserError(f"make_optimizer.state_dtype={state_dtype!r}: expected {' or '.join(STATE_DTYPES)}")
   lr = learning_rate_schedule()
   if name == "adamw":
     opt = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask)
@@ -63,4 +89,6 @@ def make_optimizer(name: str = "adamw", weight_decay: float = 0.0, clip_grad_nor
     raise UserError(f"make_optimizer.name={name!r}: expected adamw or adafactor")
   if clip_grad_norm:
     opt = optax.chain(optax.clip_by_global_norm(clip_grad_norm), opt)
+  if state_dtype != "float32":
+    opt = with_state_dtype(opt, STATE_DTYPES[state_dtype])
   return opt, lr
