@@ -582,6 +582,7 @@ class JsonlSource(seqio.FunctionDataSource):
     self._derived: dict[tuple[str, ...], tuple[str, ...]] = {}  # train files -> their distinct answers
     self._span_arrays: dict[tuple[str, int], np.ndarray] = {}  # (path, split index) -> its lines' byte spans
     self._validated: dict[str, tuple[int, int] | None] = {}  # path -> its size and time when validated
+    self._changes: dict[str, str] = {}  # path -> the error of a file that changed after it was validated
     super().__init__(self._dataset_fn, splits=tuple(self.paths))
 
   @property
@@ -798,14 +799,17 @@ class JsonlSource(seqio.FunctionDataSource):
     return row_index.SplitRows(files, spans, parse, order="turns" if self._interleaved() else "chain")
 
   def _changed(self, path: str, options: tuple[str, ...] | None) -> None:
-    """Raises the UserError for a file that changed after it was validated: its first bad line if it has one."""
-    try:
-      for _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
-                     check=self._checker(path, options)):
-        pass
-    except UserError as e:
-      raise UserError(f"{e} (the file changed after it was validated)") from None
-    raise UserError(f"{path}: the file changed after it was validated; restart to validate it again")
+    """Raises the UserError for a file that changed after it was validated: its first bad line if it has one
+    (found once: a failed stream's threads may ask again before it stops)."""
+    if path not in self._changes:
+      self._changes[path] = f"{path}: the file changed after it was validated; restart to validate it again"
+      try:
+        for _ in _scan(path, self._parse_fmt(), on_error=self.on_error, max_chars=self.max_chars,
+                       check=self._checker(path, options)):
+          pass
+      except UserError as e:
+        self._changes[path] = f"{e} (the file changed after it was validated)"
+    raise UserError(self._changes[path])
 
   def _spans_key(self, path: str, index: int, options: tuple[str, ...] | None) -> str | None:
     settings = self._scan_settings(options)

@@ -8,7 +8,7 @@ is read from where the files say, not replayed.
 
 `SplitRows` is that view of one split of line-oriented files: each file's rows as byte spans (found by one scan,
 which `itjax.data.scan_cache` keeps), in the order the split reads them (files one after another, shuffled by a
-seed, or in turns), read back by seeking. Small splits are parsed once and kept in memory.
+seed, or in turns), read back by seeking. In small splits each row is parsed once, when first read, and kept.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class SplitRows:
       self.file_of, self.line_of = file_of[by], line_of[by]
     else:
       raise ValueError(f"order must be chain or turns, got {order!r}")
-    self._cache: list[Row] | None = None
+    self._cache: list[Row | None] | None = None
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
@@ -105,12 +105,15 @@ class SplitRows:
   def rows(self, positions: Sequence[int] | np.ndarray) -> list[Row]:
     """The rows at `positions` (in that order)."""
     positions = np.asarray(positions, np.int64)
-    if self.n <= MEM_CACHE_ROWS:
-      with self._lock:
-        if self._cache is None:
-          self._cache = self._read(np.arange(self.n, dtype=np.int64))
+    if self.n > MEM_CACHE_ROWS:
+      return self._read(positions)
+    with self._lock:  # a small split keeps each row once parsed (only the rows drawn: start-up reads no more)
+      if self._cache is None:
+        self._cache = [None] * self.n
+      missing = np.unique([i for i in positions if self._cache[i] is None]).astype(np.int64)
+      for i, row in zip(missing, self._read(missing), strict=True):
+        self._cache[i] = row
       return [self._cache[i] for i in positions]
-    return self._read(positions)
 
   def _read(self, positions: np.ndarray) -> list[Row]:
     out: list[Row | None] = [None] * len(positions)
