@@ -32,23 +32,31 @@ def indexed_dataset(n: int | None, fetch: Callable[[int, int], Columns], spec: M
                     chunk: int = CHUNK) -> tf.data.Dataset:
   """Elements 0..n-1 (n None: unbounded) of `fetch(start, stop)`, which returns the columns of rows [start, stop)
   with `spec`'s per-row shapes. `fetch` must be a pure function of its arguments: tf.data saves only the position."""
-  keys = sorted(spec)
   starts = tf.data.Dataset.range(0, n if n is not None else 2**62, chunk)
 
-  def py(start):
+  def rows(start):
     start = int(start)
-    cols = fetch(start, start + chunk if n is None else min(start + chunk, n))
-    return [np.asarray(cols[k], dtype=spec[k].dtype.as_numpy_dtype) if spec[k].dtype != tf.string
-            else strings(cols[k]) for k in keys]
+    return fetch(start, start + chunk if n is None else min(start + chunk, n))
 
-  @tf.autograph.experimental.do_not_convert
-  def call(start):
-    # Marked stateful although pure: when a stateless numpy function raises, TensorFlow hangs at exit. Stateful
-    # ops are "external state", which the iterator's save ignores (`stream_state.iterator_options`).
-    out = tf.numpy_function(py, [start], [spec[k].dtype for k in keys], stateful=True)
-    return {k: tf.ensure_shape(v, [None, *spec[k].shape]) for k, v in zip(keys, out, strict=True)}
-
+  call = tf.autograph.experimental.do_not_convert(lambda start: numpy_columns(rows, [start], spec))
   return starts.map(call).unbatch()
+
+
+def numpy_columns(fn: Callable[..., Columns], args: Sequence[tf.Tensor], spec: Mapping[str, tf.TensorSpec]
+                  ) -> dict[str, tf.Tensor]:
+  """`fn(*args)` (numpy values in, the columns of some rows out, each row with `spec`'s shape) as tensors.
+  `fn` must be pure: tf.data saves the positions that lead to it, not what it holds."""
+  keys = sorted(spec)
+
+  def py(*values):
+    cols = fn(*values)
+    return [strings(cols[k]) if spec[k].dtype == tf.string else np.asarray(cols[k], spec[k].dtype.as_numpy_dtype)
+            for k in keys]
+
+  # Marked stateful although pure: when a stateless numpy function raises, TensorFlow hangs at exit. Stateful
+  # ops are "external state", which the iterator's save ignores (`stream_state.iterator_options`).
+  out = tf.numpy_function(py, list(args), [spec[k].dtype for k in keys], stateful=True)
+  return {k: tf.ensure_shape(v, [None, *spec[k].shape]) for k, v in zip(keys, out, strict=True)}
 
 
 def padded(lists: Sequence[Sequence[str]]) -> list[list[str]] | np.ndarray:

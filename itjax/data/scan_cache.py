@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -54,46 +54,18 @@ def key(kind: str, paths: Sequence[str], settings: Any) -> str | None:
   return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def load(k: str | None) -> Any | None:
-  """The stored value of key `k` (None: none stored, or unreadable)."""
+def _read(k: str | None, suffix: str, read: Callable[[str], Any]) -> Any | None:
   root = directory()
   if k is None or root is None:
     return None
   try:
-    with open(os.path.join(root, k + ".json"), encoding="utf-8") as f:
-      return json.load(f)
+    return read(os.path.join(root, k + suffix))
   except (OSError, ValueError):
     return None
 
 
-def store(k: str | None, value: Any) -> None:
-  """Stores `value` under `k`, atomically (concurrent hosts and runs may write the same key)."""
-  root = directory()
-  if k is None or root is None:
-    return
-  try:
-    os.makedirs(root, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(value, f, ensure_ascii=False)
-    os.replace(tmp, os.path.join(root, k + ".json"))
-  except OSError as e:
-    log.debug("scan cache: could not write %s: %s", root, e)
-
-
-def load_array(k: str | None) -> np.ndarray | None:
-  """The numpy array stored under key `k` (None: none stored, or unreadable)."""
-  root = directory()
-  if k is None or root is None:
-    return None
-  try:
-    return np.load(os.path.join(root, k + ".npy"), allow_pickle=False)
-  except (OSError, ValueError):
-    return None
-
-
-def store_array(k: str | None, value: np.ndarray) -> None:
-  """Stores a numpy array under `k`, atomically."""
+def _write(k: str | None, suffix: str, write: Callable[[BinaryIO], None]) -> None:
+  """Writes `k + suffix` atomically (concurrent hosts and runs may write the same key)."""
   root = directory()
   if k is None or root is None:
     return
@@ -101,7 +73,32 @@ def store_array(k: str | None, value: np.ndarray) -> None:
     os.makedirs(root, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
-      np.save(f, np.asarray(value), allow_pickle=False)
-    os.replace(tmp, os.path.join(root, k + ".npy"))
+      write(f)
+    os.replace(tmp, os.path.join(root, k + suffix))
   except OSError as e:
     log.debug("scan cache: could not write %s: %s", root, e)
+
+
+def _load_json(path: str) -> Any:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load(k: str | None) -> Any | None:
+  """The stored value of key `k` (None: none stored, or unreadable)."""
+  return _read(k, ".json", _load_json)
+
+
+def store(k: str | None, value: Any) -> None:
+  """Stores `value` (JSON-able) under `k`, atomically."""
+  _write(k, ".json", lambda f: f.write(json.dumps(value, ensure_ascii=False).encode("utf-8")))
+
+
+def load_array(k: str | None) -> np.ndarray | None:
+  """The numpy array stored under key `k` (None: none stored, or unreadable)."""
+  return _read(k, ".npy", lambda path: np.load(path, allow_pickle=False))
+
+
+def store_array(k: str | None, value: np.ndarray) -> None:
+  """Stores a numpy array under `k`, atomically."""
+  _write(k, ".npy", lambda f: np.save(f, np.asarray(value), allow_pickle=False))

@@ -111,22 +111,15 @@ def text_stream(tasks: Sequence[seqio.Task], rates: Sequence[float], *, seed: in
   for source in sources:
     source.validate_split(TRAIN_SPLIT)  # a bad file is a UserError now, not inside the stream
   draws, layout = _Draws(sources, rates, seed=seed, shard_info=shard_info), sources[0].layout
-  keys = sorted(layout.spec())
 
   @tf.autograph.experimental.do_not_convert
   def step(counts, chunk):
     new, which, js = tf.numpy_function(draws.draw, [counts, chunk], [tf.int64, tf.int32, tf.int64], stateful=True)
     return tf.ensure_shape(new, counts.shape), (tf.ensure_shape(which, [DRAWS]), tf.ensure_shape(js, [DRAWS]))
 
-  def py_fetch(which, js):
-    cols = layout.columns(draws.fetch(which, js))
-    return [row_index.strings(cols[k]) if layout.spec()[k].dtype == tf.string else np.asarray(cols[k], np.int32)
-            for k in keys]
-
-  @tf.autograph.experimental.do_not_convert
-  def fetch(which, js):
-    out = tf.numpy_function(py_fetch, [which, js], [layout.spec()[k].dtype for k in keys], stateful=True)
-    return {k: tf.ensure_shape(v, [None, *layout.spec()[k].shape]) for k, v in zip(keys, out, strict=True)}
+  spec = layout.spec()
+  fetch = tf.autograph.experimental.do_not_convert(lambda which, js: row_index.numpy_columns(
+      lambda w, j: layout.columns(draws.fetch(w, j)), [which, js], spec))
 
   chunks = tf.data.Dataset.range(2**62 if draws.p.sum() > 0 else 0)
   ds = chunks.scan(tf.zeros([len(sources)], tf.int64), step).map(fetch).unbatch()
