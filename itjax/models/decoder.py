@@ -10,14 +10,14 @@ cache (flax `cache` collection) for decoding.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from itjax.errors import UserError
-from itjax.models import peft_hooks
+from itjax.models import attention, peft_hooks, remat
+from itjax.models.attention import AttentionSpec
 from itjax.models.config_checks import check_fields
 from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init, vocab_logits
 from itjax.models.peft_hooks import PeftConfig
@@ -42,7 +42,10 @@ class DecoderConfig(Numerics):
   attention_bias: bool = False  # Qwen2 uses biases on q/k/v projections.
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  remat_policy: str = "none"  # none | full | dots_with_no_batch_dims
+  remat_policy: str = "none"  # see itjax.models.remat: none | full | dots_with_no_batch_dims | save_qkv | ...
+  # auto | xla | blockwise | tpu_splash | gpu_cudnn | gpu_pallas (itjax.models.attention): auto takes Splash on
+  # TPU, cuDNN flash on GPU and the XLA reference on CPU.
+  attention_impl: str = "auto"
   scan_layers: bool = False
   max_decode_length: int = 2048
   peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
@@ -52,6 +55,8 @@ class DecoderConfig(Numerics):
     if self.num_heads % self.num_kv_heads:
       raise UserError(f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
                       f"DecoderConfig.num_kv_heads={self.num_kv_heads} (grouped-query attention)")
+    attention.check_impl("DecoderConfig", self.attention_impl)
+    remat.check_policy("DecoderConfig", self.remat_policy)
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
@@ -102,9 +107,9 @@ class Attention(nn.Module):
 
     def proj(name, heads):
       head_axis = "heads" if name == "q" else "kv_heads"
-      kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(dense_init(cfg.emb_dim),
-                                                                         ("embed", head_axis, "kv")),
-                          (cfg.emb_dim, heads, cfg.head_dim), pdt)
+      kernel = peft_hooks.kernel(self, f"{name}_kernel", nn.with_logical_partitioning(dense_init(cfg.emb_dim),
+                                                                                      ("embed", head_axis, "kv")),
+                                 (cfg.emb_dim, heads, cfg.head_dim), pdt)
       y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(dt))
       y = peft_hooks.lora(self, f"{name}_kernel", 1, cfg.peft)(x, y)
       if cfg.attention_bias:
@@ -119,24 +124,26 @@ class Attention(nn.Module):
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
-    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
+    q = remat.tag(nn.with_logical_constraint(q, ("batch", "length", "heads", "kv")), "query_proj")
+    k = remat.tag(nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv")), "key_proj")
+    v = remat.tag(nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv")), "value_proj")
 
     if decode:
-      k, v, mask = self._update_cache(k, v, segment_ids)
+      seg = jnp.ones(x.shape[:2], jnp.int32) if segment_ids is None else segment_ids
+      k, v, mask = self._update_cache(k, v, seg)
+      spec = AttentionSpec(dense_mask=mask)
     else:
-      # Causal within a segment; segment 0 is padding and attends nowhere.
-      causal = jnp.tril(jnp.ones((x.shape[1], x.shape[1]), dtype=bool))
-      same = segment_ids[:, :, None] == segment_ids[:, None, :]
-      mask = (causal[None] & same & (segment_ids[:, None, :] != 0))[:, None]
-    k, v, mask, _ = peft_hooks.prefix(self, k, v, mask, None, "kv_heads", cfg.peft)
-
-    # jax.nn.dot_product_attention handles GQA and may pick a fused kernel on GPU.
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.head_dim ** -0.5)
-    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    o_kernel = self.param(
-        "o_kernel", nn.with_logical_partitioning(dense_init(cfg.num_heads * cfg.head_dim), ("heads", "kv", "embed")),
+      # Causal within a segment; segment 0 is padding and attends nowhere. None: one unpadded segment.
+      spec = AttentionSpec(q_segments=segment_ids, causal=True)
+    if peft_hooks.has_prefix(cfg.peft):
+      k, v, mask, _ = peft_hooks.prefix(self, k, v, spec.mask(q.shape[1], k.shape[1], q.shape[0]), None, "kv_heads",
+                                        cfg.peft)
+      spec = AttentionSpec(dense_mask=mask)
+    out = attention.attend(q, k, v, spec, impl=cfg.attention_impl, scale=cfg.head_dim ** -0.5)
+    out = remat.tag(nn.with_logical_constraint(out, ("batch", "length", "heads", "kv")), remat.ATTENTION_OUT)
+    o_kernel = peft_hooks.kernel(
+        self, "o_kernel",
+        nn.with_logical_partitioning(dense_init(cfg.num_heads * cfg.head_dim), ("heads", "kv", "embed")),
         (cfg.num_heads, cfg.head_dim, cfg.emb_dim), pdt)
     y = jnp.einsum("blhd,hde->ble", out, o_kernel.astype(dt))
     return peft_hooks.lora(self, "o_kernel", 2, cfg.peft)(out, y)
@@ -185,14 +192,6 @@ class _ScanLayer(DecoderLayer):
     return super().__call__(x, segment_ids, positions, decode), None
 
 
-def remat_policy(name: str) -> Any:
-  return {
-      "full": None,
-      "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-      "dots": jax.checkpoint_policies.checkpoint_dots,
-  }[name]
-
-
 class Decoder(nn.Module):
   """Token ids [batch, length] -> logits [batch, length, vocab] (float32)."""
 
@@ -202,8 +201,6 @@ class Decoder(nn.Module):
   def __call__(self, tokens, segment_ids=None, positions=None, decode: bool = False, hidden: bool = False):
     """Logits, or with `hidden` the final-normed states [batch, length, embed] that `vocab_logits` maps to them."""
     cfg = self.cfg
-    if segment_ids is None:
-      segment_ids = jnp.ones_like(tokens)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     embed = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
@@ -212,8 +209,7 @@ class Decoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     layer_cls = _ScanLayer if cfg.scan_layers else DecoderLayer
-    if cfg.remat_policy != "none":
-      layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), static_argnums=(4,))
+    layer_cls = remat.wrap(layer_cls, cfg.remat_policy, (4,), cfg.scan_layers)
     if cfg.scan_layers:
       x, _ = nn.scan(
           layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from itjax.models import peft_hooks
+from itjax.models import peft_hooks, remat
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -87,8 +87,8 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     def kernel(name, shape, axes, fan_in):
-      return self.param(name, nn.with_logical_partitioning(dense_init(fan_in), axes), shape,
-                        self.param_dtype).astype(self.dtype)
+      return peft_hooks.kernel(self, name, nn.with_logical_partitioning(dense_init(fan_in), axes), shape,
+                               self.param_dtype).astype(self.dtype)
 
     act = _ACTIVATIONS[self.activation]
     wi_0 = kernel("wi_0", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
@@ -96,7 +96,7 @@ class MlpBlock(nn.Module):
     if self.gated:
       wi_1 = kernel("wi_1", (self.emb_dim, self.mlp_dim), ("embed", "mlp"), self.emb_dim)
       h = h * peft_hooks.lora(self, "wi_1", 1, self.peft)(x, x @ wi_1)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = remat.tag(nn.with_logical_constraint(h, ("batch", "length", "mlp")), remat.MLP_HIDDEN)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     wo = kernel("wo", (self.mlp_dim, self.emb_dim), ("mlp", "embed"), self.mlp_dim)
     return peft_hooks.lora(self, "wo", 1, self.peft)(h, h @ wo)

@@ -15,6 +15,10 @@ those of the plain model):
 - `adapter(module, site, y, peft)` on each attention / MLP block output before the residual add:
   `y + up(act(down(y)))` (Houlsby bottleneck; `up` starts at zero).
 
+Every attention and MLP kernel is read through `kernel(module, name, init, shape, dtype)`: the param as
+`module.param` gives it, or, where the frozen base stores it quantized (QLoRA: `peft.base_quant`, see
+`itjax.models.quant`), its values dequantized right there, for that matmul alone.
+
 PEFT variables live in the ordinary "params" collection next to the weights they adapt, under
 names that `PEFT_LEAF` recognizes (`q_kernel_lora_a`, `prefix_key`, `attn_adapter_up`, ...), so a
 combined (frozen base + trainable) tree flows unchanged through every `model.apply` (training,
@@ -34,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from itjax.models import quant
+
 PEFT_LEAF = re.compile(r"(_lora_[ab]|^prefix_(key|value)|_adapter_(down|up)(_bias)?)$")
 ADAPTER_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=True), "silu": jax.nn.silu}
 
@@ -45,7 +51,9 @@ class PeftConfig:
   lora_rank > 0 turns LoRA on for kernels whose '/'-joined param path matches a `lora_targets` regex
   (re.search); prefix_tokens > 0 adds trainable key/value prefixes to every attention;
   adapter_dim > 0 adds bottleneck adapters after every attention and MLP block. `base_dtype` is the
-  storage dtype of the frozen base weights while tuning (e.g. "bfloat16").
+  storage dtype of the frozen base weights while tuning (e.g. "bfloat16"); `base_quant` ("int8" | "nf4")
+  stores the frozen attention and MLP kernels quantized instead (QLoRA; NF4 in blocks of
+  `quant_block_size` along the input dim), the other frozen weights staying in `base_dtype`.
   """
 
   lora_rank: int = 0
@@ -57,6 +65,8 @@ class PeftConfig:
   adapter_dim: int = 0
   adapter_activation: str = "relu"
   base_dtype: str = "float32"
+  base_quant: str | None = None
+  quant_block_size: int = 64
 
   def __post_init__(self):
     if isinstance(self.lora_targets, str):
@@ -173,6 +183,24 @@ def lora(module: nn.Module, kernel_name: str, n_in: int, peft: PeftConfig | None
     return y + (peft.lora_scale * delta).astype(y.dtype)
 
   return apply
+
+
+def kernel(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+  """`module.param(name, init, shape, dtype)`, or the dequantized values (in `dtype`) of a quantized frozen kernel:
+  dequantized where its matmul reads it, so no more than the kernels in use exist in float at once."""
+  if module.has_variable("params", name):
+    value = module.get_variable("params", name)
+    if quant.is_quantized(value):
+      w = quant.dequantize(value, dtype)
+      if w.shape != tuple(shape):
+        raise ValueError(f"{_path(module, name)}: quantized kernel of shape {w.shape}; the model expects {shape}")
+      return w
+  return module.param(name, init, shape, dtype)
+
+
+def has_prefix(peft: PeftConfig | None) -> bool:
+  """Whether `prefix` may prepend keys (then attention needs its dense mask and bias)."""
+  return peft is not None and peft.prefix_tokens > 0
 
 
 def prefix(module: nn.Module, k: jax.Array, v: jax.Array, mask: jax.Array, bias: jax.Array | None, head_axis: str,

@@ -11,6 +11,7 @@ self-attention keeps a KV cache (flax `cache` collection) for step-by-step decod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -19,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from itjax.errors import UserError
-from itjax.models import peft_hooks
+from itjax.models import attention, peft_hooks, remat
+from itjax.models.attention import AttentionSpec
 from itjax.models.config_checks import check_fields
-from itjax.models.decoder import remat_policy
 from itjax.models.layers import MlpBlock, Numerics, RMSNorm, dense_init, vocab_logits
 from itjax.models.peft_hooks import PeftConfig
 
@@ -51,7 +52,10 @@ class T5Config(Numerics):
   norm_eps: float = 1e-6
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  remat_policy: str = "none"  # none | full | dots_with_no_batch_dims | dots
+  remat_policy: str = "none"  # see itjax.models.remat: none | full | dots_with_no_batch_dims | save_qkv | ...
+  # auto | xla | blockwise (see itjax.models.attention): auto takes the blockwise kernel, which computes the
+  # relative-position bias per tile, on TPU and GPU, and the XLA reference on CPU.
+  attention_impl: str = "auto"
   scan_layers: bool = False
   max_decode_length: int = 512  # decoder KV-cache slots
   # Ends every encoder input (T5/Flan-T5 were trained so; HF's T5 tokenizers append it): HF eos_token_id.
@@ -64,6 +68,8 @@ class T5Config(Numerics):
       raise UserError(f"T5Config.dropout_rate={self.dropout_rate!r} must be in [0, 1)")
     if self.mlp_activation not in _MLP_ACTIVATIONS:
       raise UserError(f"unknown mlp_activation {self.mlp_activation!r}; expected one of {_MLP_ACTIVATIONS}")
+    attention.check_impl("T5Config", self.attention_impl)
+    remat.check_policy("T5Config", self.remat_policy)
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
 
   @property
@@ -92,23 +98,30 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
   return buckets + jnp.where(is_small, rel, large)
 
 
+def relative_bias(table: jax.Array, query_positions: jax.Array, key_positions: jax.Array, *, bidirectional: bool,
+                  num_buckets: int, max_distance: int, dtype) -> jax.Array:
+  """Per-head bias [batch, heads, q, k] from bucketed (key - query) positions and a [buckets, heads] table; a pure
+  function, so the blockwise attention kernel can compute it tile by tile."""
+  rel = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
+  buckets = relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
+  return jnp.moveaxis(jnp.take(table.astype(dtype), buckets, axis=0), -1, 1)
+
+
 class RelativePositionBias(nn.Module):
-  """Learned per-head bias [batch, heads, q, k] from bucketed (key - query) positions."""
+  """One stack's learned bias table [buckets, heads], as an `AttentionSpec` bias (params and function)."""
 
   cfg: T5Config
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, query_positions, key_positions):
+  def __call__(self) -> tuple[jax.Array, functools.partial]:
     cfg = self.cfg
     table = self.param(
         "rel_embedding", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("relpos_buckets", "heads")),
         (cfg.relative_attention_num_buckets, cfg.num_heads), cfg.params_dtype)
-    rel = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
-    buckets = relative_position_bucket(rel, self.bidirectional, cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance)
-    bias = jnp.take(table.astype(cfg.compute_dtype), buckets, axis=0)  # [b, q, k, h]
-    return nn.with_logical_constraint(jnp.transpose(bias, (0, 3, 1, 2)), ("batch", "heads", "length", None))
+    return table, functools.partial(relative_bias, bidirectional=self.bidirectional,
+                                    num_buckets=cfg.relative_attention_num_buckets,
+                                    max_distance=cfg.relative_attention_max_distance, dtype=cfg.compute_dtype)
 
 
 class T5Attention(nn.Module):
@@ -117,13 +130,15 @@ class T5Attention(nn.Module):
   cfg: T5Config
 
   @nn.compact
-  def __call__(self, x, kv_input, bias, mask, deterministic: bool, cache: str | None = None, cache_index=None):
+  def __call__(self, x, kv_input, spec: AttentionSpec, deterministic: bool, cache: str | None = None,
+               cache_index=None):
     cfg = self.cfg
     dt, pdt = cfg.compute_dtype, cfg.params_dtype
     e, h, d = cfg.emb_dim, cfg.num_heads, cfg.head_dim
 
     def kernel(name, fan_in, shape, axes):
-      return self.param(name, nn.with_logical_partitioning(dense_init(fan_in), axes), shape, pdt).astype(dt)
+      return peft_hooks.kernel(self, name, nn.with_logical_partitioning(dense_init(fan_in), axes), shape,
+                               pdt).astype(dt)
 
     # T5 has no 1/sqrt(head_dim) in the scores: the query init carries it instead.
     q_kernel = kernel("q_kernel", e * d, (e, h, d), ("embed", "heads", "kv"))
@@ -131,12 +146,13 @@ class T5Attention(nn.Module):
     v_kernel = kernel("v_kernel", e, (e, h, d), ("embed", "heads", "kv"))
     qkv_axes = ("batch", "length", "heads", "kv")
     lora_q, lora_k, lora_v = (peft_hooks.lora(self, f"{n}_kernel", 1, cfg.peft) for n in "qkv")
-    q = nn.with_logical_constraint(lora_q(x, jnp.einsum("ble,ehd->blhd", x, q_kernel)), qkv_axes)
+    q = remat.tag(nn.with_logical_constraint(lora_q(x, jnp.einsum("ble,ehd->blhd", x, q_kernel)), qkv_axes),
+                  "query_proj")
 
     def project_kv(src):
       k = nn.with_logical_constraint(lora_k(src, jnp.einsum("ble,ehd->blhd", src, k_kernel)), qkv_axes)
       v = nn.with_logical_constraint(lora_v(src, jnp.einsum("ble,ehd->blhd", src, v_kernel)), qkv_axes)
-      return k, v
+      return remat.tag(k, "key_proj"), remat.tag(v, "value_proj")
 
     if cache == "self":
       k, v = project_kv(kv_input)
@@ -156,19 +172,23 @@ class T5Attention(nn.Module):
       ck.value, cv.value = k, v
     else:
       k, v = project_kv(kv_input)
-    k, v, mask, bias = peft_hooks.prefix(self, k, v, mask, bias, "heads", cfg.peft)
+    dropout = not deterministic and cfg.dropout_rate > 0.0
+    if peft_hooks.has_prefix(cfg.peft) or dropout:  # both need the dense mask and bias
+      mask, bias = spec.mask(q.shape[1], k.shape[1], q.shape[0]), spec.bias()
+      k, v, mask, bias = peft_hooks.prefix(self, k, v, mask, bias, "heads", cfg.peft)
+      spec = AttentionSpec(dense_mask=mask, dense_bias=bias)
 
-    if deterministic or cfg.dropout_rate == 0.0:
-      out = jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype), mask=mask,
-                                         scale=1.0)
-    else:  # HF drops attention probabilities in training; the fused op cannot.
+    if not dropout:
+      out = attention.attend(q, k, v, spec, impl=cfg.attention_impl, scale=1.0)
+    else:  # HF drops attention probabilities in training; the fused kernels cannot.
+      mask, bias = spec.dense_mask, spec.dense_bias
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
       if bias is not None:
         logits = logits + bias.astype(jnp.float32)
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
       probs = nn.Dropout(cfg.dropout_rate)(jax.nn.softmax(logits, axis=-1), deterministic=False)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dt), v)
-    out = nn.with_logical_constraint(out, qkv_axes)
+    out = remat.tag(nn.with_logical_constraint(out, qkv_axes), remat.ATTENTION_OUT)
     o_kernel = kernel("o_kernel", h * d, (h, d, e), ("heads", "kv", "embed"))
     return peft_hooks.lora(self, "o_kernel", 2, cfg.peft)(out, jnp.einsum("blhd,hde->ble", out, o_kernel))
 
@@ -191,10 +211,10 @@ class EncoderLayer(nn.Module):
   cfg: T5Config
 
   @nn.compact
-  def __call__(self, x, bias, mask, deterministic: bool = True):
+  def __call__(self, x, spec, deterministic: bool = True):
     cfg = self.cfg
     h = _norm(cfg, "attn_norm")(x)
-    y = peft_hooks.adapter(self, "attn", T5Attention(cfg, name="attn")(h, h, bias, mask, deterministic), cfg.peft)
+    y = peft_hooks.adapter(self, "attn", T5Attention(cfg, name="attn")(h, h, spec, deterministic), cfg.peft)
     x = _residual(cfg, x, y, deterministic)
     y = peft_hooks.adapter(self, "mlp", _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), cfg.peft)
     return _residual(cfg, x, y, deterministic)
@@ -204,15 +224,14 @@ class DecoderLayer(nn.Module):
   cfg: T5Config
 
   @nn.compact
-  def __call__(self, x, encoded, self_bias, self_mask, cross_mask, cache_index, decode: bool = False,
+  def __call__(self, x, encoded, self_spec, cross_spec, cache_index, decode: bool = False,
                deterministic: bool = True):
     cfg = self.cfg
     h = _norm(cfg, "self_attn_norm")(x)
-    y = T5Attention(cfg, name="self_attn")(h, h, self_bias, self_mask, deterministic, "self" if decode else None,
-                                           cache_index)
+    y = T5Attention(cfg, name="self_attn")(h, h, self_spec, deterministic, "self" if decode else None, cache_index)
     x = _residual(cfg, x, peft_hooks.adapter(self, "self_attn", y, cfg.peft), deterministic)
     h = _norm(cfg, "cross_attn_norm")(x)
-    y = T5Attention(cfg, name="cross_attn")(h, encoded, None, cross_mask, deterministic, "cross" if decode else None,
+    y = T5Attention(cfg, name="cross_attn")(h, encoded, cross_spec, deterministic, "cross" if decode else None,
                                             cache_index)
     x = _residual(cfg, x, peft_hooks.adapter(self, "cross_attn", y, cfg.peft), deterministic)
     y = peft_hooks.adapter(self, "mlp", _mlp(cfg)(_norm(cfg, "mlp_norm")(x), deterministic), cfg.peft)
@@ -223,25 +242,24 @@ class _ScanEncoderLayer(EncoderLayer):
   """EncoderLayer with the (carry, out) signature that nn.scan expects."""
 
   @nn.compact
-  def __call__(self, x, bias, mask, deterministic: bool = True):
-    return super().__call__(x, bias, mask, deterministic), None
+  def __call__(self, x, spec, deterministic: bool = True):
+    return super().__call__(x, spec, deterministic), None
 
 
 class _ScanDecoderLayer(DecoderLayer):
   """DecoderLayer with the (carry, out) signature that nn.scan expects."""
 
   @nn.compact
-  def __call__(self, x, encoded, self_bias, self_mask, cross_mask, cache_index, decode: bool = False,
+  def __call__(self, x, encoded, self_spec, cross_spec, cache_index, decode: bool = False,
                deterministic: bool = True):
-    return super().__call__(x, encoded, self_bias, self_mask, cross_mask, cache_index, decode, deterministic), None
+    return super().__call__(x, encoded, self_spec, cross_spec, cache_index, decode, deterministic), None
 
 
 def _run_layers(cfg: T5Config, parent_cls, scan_cls, num_layers: int, static_argnums: tuple[int, ...],
                 x, *args):
   """Applies `num_layers` layers (unrolled as layers_i, or one scanned `layers` stack)."""
   layer_cls = scan_cls if cfg.scan_layers else parent_cls
-  if cfg.remat_policy != "none":
-    layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy), static_argnums=static_argnums)
+  layer_cls = remat.wrap(layer_cls, cfg.remat_policy, static_argnums, cfg.scan_layers)
   if cfg.scan_layers:
     x, _ = nn.scan(
         layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
@@ -262,11 +280,10 @@ class T5Encoder(nn.Module):
   def __call__(self, x, segment_ids, positions, deterministic: bool = True):
     cfg = self.cfg
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(positions, positions)
-    # Within a segment, never onto padding (segment 0).
-    mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
-    x = _run_layers(cfg, EncoderLayer, _ScanEncoderLayer, cfg.num_encoder_layers, (4,), x, bias, mask[:, None],
-                    deterministic)
+    table, bias_fn = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")()
+    # Within a segment, never onto padding (segment 0); bias from positions.
+    spec = AttentionSpec(q_segments=segment_ids, q_positions=positions, bias_params=table, bias_fn=bias_fn)
+    x = _run_layers(cfg, EncoderLayer, _ScanEncoderLayer, cfg.num_encoder_layers, (3,), x, spec, deterministic)
     x = _norm(cfg, "final_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -281,6 +298,7 @@ class T5Decoder(nn.Module):
                deterministic: bool = True):
     cfg = self.cfg
     b, t = segment_ids.shape
+    table, bias_fn = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")()
     if decode:
       # One copy of the cached positions/segments per stack; layers only cache keys and values.
       idx = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
@@ -292,23 +310,22 @@ class T5Decoder(nn.Module):
       cpos.value = jax.lax.dynamic_update_slice(cpos.value, positions.astype(jnp.int32), (0, cache_index))
       cseg.value = jax.lax.dynamic_update_slice(cseg.value, segment_ids.astype(jnp.int32), (0, cache_index))
       idx.value = cache_index + t
-      key_positions, key_segments = cpos.value, cseg.value
       slot = jnp.arange(cfg.max_decode_length)
       causal = slot[None, :] <= (cache_index + jnp.arange(t))[:, None]  # [t, max_decode_length]
+      mask = causal[None] & (segment_ids[:, :, None] == cseg.value[:, None, :]) & (cseg.value[:, None, :] != 0)
+      self_spec = AttentionSpec(q_positions=positions, kv_positions=cpos.value, bias_params=table, bias_fn=bias_fn,
+                                dense_mask=mask[:, None])
     else:
       cache_index = None
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-      key_positions, key_segments = positions, segment_ids
-      causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    self_mask = causal[None] & (segment_ids[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] != 0)
-    self_bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(positions, key_positions)
-    cross_mask = ((segment_ids[:, :, None] == encoder_segment_ids[:, None, :])
-                  & (encoder_segment_ids[:, None, :] != 0))
+      self_spec = AttentionSpec(q_segments=segment_ids, q_positions=positions, bias_params=table, bias_fn=bias_fn,
+                                causal=True)
+    cross_spec = AttentionSpec(q_segments=segment_ids, kv_segments=encoder_segment_ids)
 
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = _run_layers(cfg, DecoderLayer, _ScanDecoderLayer, cfg.num_decoder_layers, (7, 8), x, encoded, self_bias,
-                    self_mask[:, None], cross_mask[:, None], cache_index, decode, deterministic)
+    x = _run_layers(cfg, DecoderLayer, _ScanDecoderLayer, cfg.num_decoder_layers, (6, 7), x, encoded, self_spec,
+                    cross_spec, cache_index, decode, deterministic)
     x = _norm(cfg, "final_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
