@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxpr_shapes import shapes
 
 from itjax.models.decoder import Decoder, DecoderConfig
 from itjax.models.t5 import T5, T5Config
@@ -92,3 +93,27 @@ def test_t5_blockwise_attention_matches_reference_with_bias_gradients():
   grads = _compare(_Apply(make, ("blockwise",)), params, jnp.asarray(dec_seg != 0, jnp.float32), 2e-5)
   for stack in ("encoder", "decoder"):  # the bias tables are learned through the kernel's VJP
     assert float(jnp.abs(grads["blockwise"][stack]["relpos_bias"]["rel_embedding"]).max()) > 1e-4
+
+
+@pytest.mark.parametrize("family", ["decoder", "t5"])
+def test_blockwise_steps_never_hold_length_by_length_arrays(family):
+  """Forward and backward of a 1,024-token model: blockwise has no [..., L, L] array (scores, mask or bias)
+  anywhere; the reference has them (the check bites)."""
+  length = 1024
+  tokens = jnp.ones((1, length), jnp.int32)
+  if family == "decoder":
+    cfg = DecoderConfig(vocab_size=16, emb_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=16)
+    make = lambda c: (Decoder(c), (tokens,))  # noqa: E731
+  else:
+    cfg = T5Config(vocab_size=16, emb_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_heads=2, head_dim=8,
+                   mlp_dim=16)
+    make = lambda c: (T5(c), (tokens, tokens))  # noqa: E731
+
+  def step_shapes(impl):
+    model, args = make(dataclasses.replace(cfg, attention_impl=impl))
+    params = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+    grad = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, *args)[..., 0]))
+    return {s[-2:] for s in shapes(jax.make_jaxpr(grad)(nn.unbox(params)).jaxpr) if len(s) >= 2}
+
+  assert (length, length) not in step_shapes("blockwise")
+  assert (length, length) in step_shapes("xla")

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxpr_shapes import shapes
 
 from itjax.errors import UserError
 from itjax.models.decoder import Decoder, DecoderConfig
@@ -72,19 +73,6 @@ def test_chunked_loss_and_gradients_equal_the_full_ones(family, chunk):
     assert float(sums[None][k]) == float(sums[chunk][k])
 
 
-def _shapes(jaxpr) -> set[tuple]:
-  """Every intermediate shape of a jaxpr, inside scans, remats and calls too."""
-  out = set()
-  for eqn in jaxpr.eqns:
-    out |= {tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")}
-    for p in eqn.params.values():
-      for sub in p if isinstance(p, (list, tuple)) else [p]:
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          out |= _shapes(inner)
-  return out
-
-
 @pytest.mark.parametrize("family", ["decoder", "t5 untied"])
 def test_the_step_never_holds_the_batch_logits(family):
   """Forward and backward: no [rows, length, vocab] array with a chunk; the full loss has one (the check bites)."""
@@ -96,9 +84,9 @@ def test_the_step_never_holds_the_batch_logits(family):
   def grads(obj):
     return jax.make_jaxpr(jax.grad(lambda p: obj.loss_sums(iface, p, batch, {}, None)["loss"]))(params).jaxpr
 
-  assert (ROWS, LENGTH, VOCAB) not in _shapes(grads(objective))
-  assert (ROWS, 4, VOCAB) in _shapes(grads(objective))
-  assert (ROWS, LENGTH, VOCAB) in _shapes(grads(CrossEntropy(z_loss=1e-4)))
+  assert (ROWS, LENGTH, VOCAB) not in shapes(grads(objective))
+  assert (ROWS, 4, VOCAB) in shapes(grads(objective))
+  assert (ROWS, LENGTH, VOCAB) in shapes(grads(CrossEntropy(z_loss=1e-4)))
 
 
 def test_a_bad_chunk_is_a_user_error():
