@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from itjax.core import mesh as mesh_lib
+from itjax.core.checkpoints import restore_params
 from itjax.core.trainable import Trainable, TrainState, trainable_for
 from itjax.errors import UserError
 from itjax.models.families import family_of
@@ -52,12 +53,31 @@ class Built:
   def frozen_abstract(self) -> dict[str, Any]:
     """ShapeDtypeStructs (with shardings) of the frozen trees the step reads."""
     base = self.trainable.abstract_frozen(self.mesh, self.rules)
-    return {} if base is None else {"base": base}
+    out = {} if base is None else {"base": base}
+    if self._needs_reference(base):
+      out["reference"] = self.trainable.abstract_trainable(self.mesh, self.rules)
+    return out
 
   def load_frozen(self) -> dict[str, Any]:
     """The frozen trees the step reads, sharded on the mesh."""
     base = self.trainable.load_frozen(self.mesh, self.rules)
-    return {} if base is None else {"base": base}
+    out = {} if base is None else {"base": base}
+    if self._needs_reference(base):
+      # Always the initial checkpoint, also when resuming: the reference policy never moves.
+      out["reference"] = restore_params(self._reference_checkpoint(),
+                                        self.trainable.abstract_trainable(self.mesh, self.rules))
+    return out
+
+  def _needs_reference(self, base: Any) -> bool:
+    """An objective that reads a reference policy, in a run whose frozen base cannot serve as one (PEFT's base,
+    applied without the adapters, is the reference: no second copy)."""
+    return "reference" in getattr(self.settings.objective, "frozen_trees", ()) and base is None
+
+  def _reference_checkpoint(self) -> str:
+    if not self.settings.initial_checkpoint_path:
+      raise UserError(f"train.objective={self.settings.objective.name}: a full fine-tune needs "
+                      "INITIAL_CHECKPOINT_PATH (the SFT policy, which is also the frozen reference)")
+    return self.settings.initial_checkpoint_path
 
   def batch_shapes(self) -> dict[str, tuple[int, int]]:
     """The shapes of the global batch the step takes (the objective's features at the run's lengths)."""
