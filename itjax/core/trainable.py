@@ -7,15 +7,18 @@ parameter-efficient tuning:
 - `ParameterEfficient`: the model config carries a `PeftConfig`; only the PEFT variables (LoRA,
   prefixes, adapters) train, so the optimizer keeps state for them alone and checkpoints store
   them alone. The frozen base is a separate tree, sharded by the same logical-axis rules as full
-  fine-tuning and stored in `PeftConfig.base_dtype`; each checkpoint's metadata names where it comes
-  from (`BASE_META`: the initial checkpoint's step dir, or the seed of a from-scratch base), so
-  resuming, evaluating and exporting reload it from there.
+  fine-tuning and stored in `PeftConfig.base_dtype`, its attention and MLP kernels quantized when
+  `PeftConfig.base_quant` says so (QLoRA: `itjax.models.quant`; codes and scales carry logical axes
+  too); each checkpoint's metadata names where it comes from (`BASE_META`: the initial checkpoint's
+  step dir, or the seed of a from-scratch base), so resuming, evaluating and exporting reload it from
+  there, and quantize it again the same way.
 
 Every state is created directly sharded (never whole on one device).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -32,8 +35,9 @@ from itjax.core.checkpoints import restore_params
 from itjax.core.mesh import Rules, tree_shardings
 from itjax.core.model_info import InfoGroup
 from itjax.errors import UserError
+from itjax.models import quant
 from itjax.models.layers import resolve_dtype
-from itjax.models.peft_hooks import combine, split, with_peft
+from itjax.models.peft_hooks import combine, flatten, split, unflatten, with_peft
 
 log = logging.getLogger("itjax")
 BASE_META = "peft_base"  # checkpoint metadata key: {"checkpoint": abs path | None, "seed": int}
@@ -171,21 +175,47 @@ class ParameterEfficient(Trainable):
   def _cast(self, x):
     return x.astype(self.base_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
-  def _base_fn(self, rng: jax.Array) -> Any:
+  def _float_base_fn(self, rng: jax.Array) -> Any:
     # Boxed, in the storage dtype: a bf16 base never exists in fp32 whole.
     cast = lambda b: b.replace_boxed(self._cast(b.unbox())) if isinstance(b, nn.Partitioned) else self._cast(b)
     return jax.tree_util.tree_map(cast, trees.param_fn(self.base_cfg)(rng),
                                   is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+  def _base_fn(self, rng: jax.Array) -> Any:
+    # The frozen tree as stored: kernels quantized (from their `base_dtype` values) under QLoRA.
+    base, peft = self._float_base_fn(rng), self.cfg.peft
+    return base if peft.base_quant is None else quant.quantize_tree(base, peft.base_quant, peft.quant_block_size)
+
+  def _quantize(self, base: Any, mesh: Mesh, rules: Rules) -> Any:
+    """The restored float base with its kernels quantized one at a time, each float kernel freed once done
+    (so the base never exists both in float and quantized whole)."""
+    peft = self.cfg.peft
+    shardings = flatten(trees.abstract_sharded(self._base_fn, mesh, rules)[1])
+    fns, out = {}, {}
+    for path, w in flatten(base).items():
+      if quant.input_axes(path, w.ndim) is None:
+        out[path] = w
+        continue
+      sh = {"codes": shardings[f"{path}/codes"], "scale": shardings[f"{path}/scale"]}
+      key = (path.rsplit("/", 1)[-1], w.shape, w.dtype, sh["codes"], sh["scale"])
+      if key not in fns:  # one compilation per kernel kind and shape, not per layer
+        fn = functools.partial(quant.quantize_kernel, path=path, fmt=peft.base_quant, block_size=peft.quant_block_size)
+        fns[key] = jax.jit(fn, out_shardings=sh)
+      q = fns[key](w)
+      w.delete()
+      out[f"{path}/codes"], out[f"{path}/scale"] = q["codes"], q["scale"]
+    return unflatten(out)
 
   def abstract_frozen(self, mesh: Mesh, rules: Rules) -> Any:
     return trees.abstract_sharded(self._base_fn, mesh, rules)[0]
 
   def load_frozen(self, mesh: Mesh, rules: Rules) -> Any:
     if self.base.get("checkpoint"):
-      abstract, shardings = trees.abstract_sharded(self._base_fn, mesh, rules)
+      abstract, shardings = trees.abstract_sharded(self._float_base_fn, mesh, rules)
       # Restored straight into the storage dtype (Orbax casts), then cast in place where it did not.
       base = restore_params(self.base["checkpoint"], abstract)
-      return jax.jit(lambda t: jax.tree_util.tree_map(self._cast, t), out_shardings=shardings, donate_argnums=0)(base)
+      base = jax.jit(lambda t: jax.tree_util.tree_map(self._cast, t), out_shardings=shardings, donate_argnums=0)(base)
+      return base if self.cfg.peft.base_quant is None else self._quantize(base, mesh, rules)
     shardings = trees.abstract_sharded(self._base_fn, mesh, rules)[1]
     return trees.init_sharded(self._base_fn, shardings, mesh, rules, jax.random.key(self.base["seed"]))
 
@@ -209,8 +239,13 @@ class ParameterEfficient(Trainable):
             InfoGroup("frozen_base", frozen, base_specs, base_shardings)]
 
   def info_header(self, counts: dict[str, int]) -> str:
-    return (f"# PEFT ({'+'.join(self.cfg.peft.methods)}): trainable parameters: {counts.get('params', 0):,}; "
-            f"frozen base parameters: {counts.get('frozen_base', 0):,} ({self.cfg.peft.base_dtype})")
+    peft = self.cfg.peft
+    head = f"# PEFT ({'+'.join(peft.methods)}): trainable parameters: {counts.get('params', 0):,}; "
+    if peft.base_quant is None:
+      return head + f"frozen base parameters: {counts.get('frozen_base', 0):,} ({peft.base_dtype})"
+    # Quantized kernels are stored as codes (nf4: two per byte) and scales: the count is of stored values.
+    return head + (f"frozen base stored values: {counts.get('frozen_base', 0):,} (attention and MLP kernels "
+                   f"{peft.base_quant}, the rest {peft.base_dtype})")
 
 
 def trainable_for(cfg: Any, *, initial_checkpoint: str | None = None, seed: int = 0) -> Trainable:

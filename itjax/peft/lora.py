@@ -2,7 +2,9 @@
 
 `lora()` is the gin entry (`train.peft = @lora()`); `merge_lora` folds the updates into the base
 weights (a pure function of the params tree), so a merged model is a plain itjax model that exports
-to HF like any other and gives the same logits as the unmerged one.
+to HF like any other and gives the same logits as the unmerged one. QLoRA (`lora.quantize_base`)
+keeps the frozen attention and MLP kernels quantized (`itjax.models.quant`); merging dequantizes
+them exactly as the model does at every matmul, so the merged float model is the one that trained.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import gin
 import jax.numpy as jnp
 
 from itjax.errors import UserError
+from itjax.models import quant
 from itjax.models.peft_hooks import Params, PeftConfig, flatten, unflatten
-from itjax.peft.method import check_base_dtype
+from itjax.peft.method import check_base_dtype, check_quantization
 
 # PEFT / HF module names users already write in `target_modules`, and the itjax kernels they denote.
 HF_MODULE_ALIASES = {
@@ -50,19 +53,33 @@ def target_patterns(target_modules: str | Sequence[str]) -> tuple[str, ...]:
 
 @gin.configurable
 def lora(rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-         target_modules: str | Sequence[str] = DEFAULT_TARGETS, base_dtype: str = "float32") -> PeftConfig:
+         target_modules: str | Sequence[str] = DEFAULT_TARGETS, base_dtype: str = "float32",
+         quantize_base: str | None = None, quant_block_size: int = 64) -> PeftConfig:
   """LoRA on the kernels named by `target_modules` (HF module names, "all-linear", or regexes on itjax
   param paths such as "layers_.*/attn/q_kernel"); the update is scaled by alpha / rank. `dropout` drops
-  the LoRA branch's input in training steps, as peft does."""
+  the LoRA branch's input in training steps, as peft does.
+
+  QLoRA: `quantize_base` = "int8" (bitsandbytes' load_in_8bit: absmax per output channel) or "nf4"
+  (load_in_4bit with bnb_4bit_quant_type="nf4", blocks of `quant_block_size`, bitsandbytes' blocksize,
+  along the input dim; no double quantization) stores every frozen attention and MLP kernel quantized,
+  whichever kernels LoRA targets; `base_dtype` (bitsandbytes' torch_dtype) stays the dtype of the other
+  frozen weights (embeddings, head, norms) and of the weights the kernels are quantized from. Each
+  kernel is dequantized to the model's param dtype where its matmul reads it; the LoRA variables stay
+  float32."""
   if not isinstance(rank, int) or rank <= 0:
     raise UserError(f"lora.rank={rank!r} must be a positive integer")
   if not 0.0 <= dropout < 1.0:
     raise UserError(f"lora.dropout={dropout!r} must be in [0, 1)")
   if not target_modules:
     raise UserError("lora.target_modules is empty: name at least one kernel (e.g. 'q_proj' or 'all-linear')")
+  if base_dtype in quant.FORMATS:
+    raise UserError(f"lora.base_dtype={base_dtype!r} is a quantized format: set lora.quantize_base={base_dtype!r} "
+                    "(lora.base_dtype stays the float dtype of the weights left unquantized)")
   check_base_dtype("lora.base_dtype", base_dtype)
+  check_quantization(quantize_base, quant_block_size)
   return PeftConfig(lora_rank=rank, lora_alpha=float(alpha), lora_dropout=float(dropout),
-                    lora_targets=target_patterns(target_modules), base_dtype=base_dtype)
+                    lora_targets=target_patterns(target_modules), base_dtype=base_dtype, base_quant=quantize_base,
+                    quant_block_size=quant_block_size)
 
 
 def lora_pairs(params: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -86,12 +103,13 @@ def merge_lora(params: Mapping[str, Any], peft: PeftConfig) -> Params:
   """The base params with every LoRA update folded in (`W + alpha/r * A @ B`, in W's dtype), LoRA leaves removed.
 
   The result applies with the plain model (config without `peft`); refuses params that also carry
-  prefixes or adapters, which have no weight to fold into.
+  prefixes or adapters, which have no weight to fold into. Quantized kernels (QLoRA) are first
+  dequantized to float32 by the model's own `quant.dequantize`, and stay float32.
   """
   if peft.prefix_tokens or peft.adapter_dim:
     raise UserError("only LoRA merges into the base weights; prefix tuning and adapters add computation that "
                     "no plain model has (export them as an itjax checkpoint, or as a peft adapter for LoRA)")
-  flat = flatten(params)
+  flat = flatten(quant.dequantize_tree(params))
   out = {k: v for k, v in flat.items() if not k.endswith(("_lora_a", "_lora_b"))}
   for kernel, (a, b) in lora_pairs(params).items():
     w = out[kernel]

@@ -18,6 +18,7 @@ import jax
 from itjax.core import trees
 from itjax.core.trainable import trainable_for
 from itjax.errors import UserError
+from itjax.models import quant
 from itjax.models.layers import resolve_dtype
 from itjax.models.peft_hooks import Params, PeftConfig, flatten, is_peft_leaf, unflatten, with_peft
 
@@ -33,6 +34,26 @@ def check_base_dtype(name: str, dtype: str) -> None:
     resolve_dtype(dtype)
   except ValueError as e:
     raise UserError(f"{name}: {e}") from None
+
+
+def check_quantization(fmt: str | None, block_size: int) -> None:
+  """UserError naming `lora.quantize_base` / `lora.quant_block_size` unless they name a known quantization."""
+  if fmt is not None and fmt not in quant.FORMATS:
+    raise UserError(f"lora.quantize_base={fmt!r}: expected one of {', '.join(quant.FORMATS)} (or None: a float base)")
+  if not isinstance(block_size, int) or block_size < 4 or block_size % 2:
+    raise UserError(f"lora.quant_block_size={block_size!r} must be an even integer >= 4 (bitsandbytes: 64)")
+
+
+def check_quantized_shapes(cfg: Any, peft: PeftConfig) -> None:
+  """UserError naming `lora.quant_block_size` when an NF4 block does not divide a kernel's input dim."""
+  if peft.base_quant != "nf4":
+    return
+  flat = flatten(nn.meta.unbox(abstract_params(with_peft(cfg, None))))
+  for path, leaf in flat.items():
+    axes = quant.input_axes(path, leaf.ndim)
+    if axes is not None and leaf.shape[axes[-1]] % peft.quant_block_size:
+      raise UserError(f"lora.quant_block_size={peft.quant_block_size} does not divide {path}'s input dim "
+                      f"({leaf.shape[axes[-1]]}); NF4 blocks run along it: pick a divisor such as 32 or 16")
 
 
 def abstract_params(cfg: Any) -> Params:
@@ -52,6 +73,7 @@ def check_peft(cfg: Any, peft: Any) -> None:
   if not isinstance(peft, PeftConfig):
     raise UserError(f"train.peft={peft!r}: expected @lora(), @prefix_tuning() or @adapters() (with the parentheses)")
   check_targets(cfg, peft)
+  check_quantized_shapes(cfg, peft)
 
 
 def check_targets(cfg: Any, peft: PeftConfig) -> None:
