@@ -260,7 +260,7 @@ def test_quantized_base_restores_from_a_checkpoint_sharded_like_the_float_one(tm
     np.testing.assert_array_equal(np.asarray(flat[k]), np.asarray(v))
     assert flat[k].sharding.is_equivalent_to(abstract[k].sharding, v.ndim) and flat[k].dtype == abstract[k].dtype
   q = frozen["layers_0"]["attn"]["q_kernel"]
-  assert tuple(q["codes"].sharding.spec) == ("fsdp", "tensor", None)  # embed (packed) and heads shard as in the float base
+  assert tuple(q["codes"].sharding.spec) == ("fsdp", "tensor", None)  # embed (packed), heads: as the float base
   assert tuple(q["scale"].sharding.spec) == (None, "tensor", None) and q["scale"].dtype == jnp.float32
   assert frozen["embedding"].dtype == jnp.bfloat16
 
