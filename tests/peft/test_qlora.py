@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from scipy.stats import norm
+from test_training import _batch  # noqa: E402  (the same tiny batch as the float LoRA tests)
 
 from itjax.cli import main
 from itjax.convert.peft_adapter import save_merged_hf
@@ -161,14 +162,6 @@ def test_the_step_reads_the_dequantized_kernels_in_the_compute_dtype():
   np.testing.assert_allclose(ours, ref, atol=1e-6)  # dequantized to fp32, cast to bf16: as the float model
 
 
-def _batch(cfg, rows=4, length=16):
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(1, 64, size=(rows, length)).astype(np.int32)
-  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": np.roll(tokens, -1, 1),
-           "decoder_loss_weights": np.ones((rows, length), np.float32)}
-  if isinstance(cfg, T5Config):
-    batch["encoder_input_tokens"] = tokens[:, ::-1].copy()
-  return batch
 
 
 @pytest.mark.parametrize("name,fmt", [("decoder_scan", "nf4"), ("t5", "int8")])
