@@ -1,4 +1,4 @@
-"""DPO (sigmoid, IPO, hinge), SimPO and ORPO against TRL 1.13 on the same tiny `transformers` Llama and pairs.
+"""DPO (sigmoid, IPO, hinge), SimPO and ORPO against TRL (1.13-1.16) on the same tiny `transformers` Llama and pairs.
 
 DPO: TRL's own `DPOTrainer._compute_loss` runs on the HF model (policy) and a second HF model (reference); itjax
 runs the same weights, imported, on a packed preference batch (two pairs in one row, one in the next). Loss,
@@ -21,6 +21,7 @@ accelerate = pytest.importorskip("accelerate")
 
 from trl.experimental.cpo.cpo_trainer import CPOTrainer  # noqa: E402
 from trl.experimental.orpo.orpo_trainer import ORPOTrainer  # noqa: E402
+from trl.trainer import dpo_trainer  # noqa: E402
 from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 from itjax.models import hf_decoder  # noqa: E402
@@ -94,6 +95,10 @@ def _trl_dpo(policy, reference, loss_type, beta):
       precompute_ref_logps=False, aux_loss_enabled=False, use_weighting=False, label_smoothing=0.0,
       _metrics={"train": collections.defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
       args=types.SimpleNamespace(gradient_checkpointing_kwargs=None))
+  # TRL >= 1.16 patches both models in __init__ (skipped here) so `fused_lm_head=True` returns log-probs.
+  if hasattr(dpo_trainer, "add_fused_lm_head"):
+    dpo_trainer.add_fused_lm_head(policy, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    dpo_trainer.add_fused_lm_head(reference)
   policy.train()
   loss = trainer._compute_loss(policy, _trl_inputs(), return_outputs=False)
   loss.backward()
