@@ -17,14 +17,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from itjax.models import attention
 from itjax.models.attention import AttentionSpec
 from itjax.models.t5 import relative_bias
 
 
-def temp_bytes(impl: str, rows: int, length: int, heads: int, kv_heads: int, dim: int, bias: bool) -> int:
-  """XLA's temporary bytes for d(sum of attention)/d(q, k, v) (and the bias table) at these shapes."""
+def temp_bytes(impl: str, rows: int, length: int, heads: int, kv_heads: int, dim: int, bias: bool,
+               device: jax.Device | None = None) -> int:
+  """XLA's temporary bytes for d(sum of attention)/d(q, k, v) (and the bias table) at these shapes, compiled for
+  `device` (default: the local backend's; a compile-only TPU device from libtpu is how `tpu_fits.py` uses it)."""
   bias_fn = functools.partial(relative_bias, bidirectional=False, num_buckets=32, max_distance=128,
                               dtype=jnp.bfloat16) if bias else None
 
@@ -32,13 +36,18 @@ def temp_bytes(impl: str, rows: int, length: int, heads: int, kv_heads: int, dim
     spec = AttentionSpec(q_segments=seg, q_positions=pos, bias_params=table, bias_fn=bias_fn, causal=True)
     return jnp.sum(attention.attend(q, k, v, spec, impl=impl, scale=dim ** -0.5).astype(jnp.float32))
 
-  bf16 = jnp.bfloat16
-  args = (jax.ShapeDtypeStruct((rows, length, heads, dim), bf16),
-          jax.ShapeDtypeStruct((rows, length, kv_heads, dim), bf16),
-          jax.ShapeDtypeStruct((rows, length, kv_heads, dim), bf16), jax.ShapeDtypeStruct((rows, length), jnp.int32),
-          jax.ShapeDtypeStruct((rows, length), jnp.int32), jax.ShapeDtypeStruct((32, heads), jnp.float32))
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 5))).lower(*args).compile()
+  bf16, mesh = jnp.bfloat16, _one_device_mesh(device)
+  shapes = [((rows, length, heads, dim), bf16), ((rows, length, kv_heads, dim), bf16),
+            ((rows, length, kv_heads, dim), bf16), ((rows, length), jnp.int32), ((rows, length), jnp.int32),
+            ((32, heads), jnp.float32)]
+  args = [jax.ShapeDtypeStruct(s, d, sharding=NamedSharding(mesh, PartitionSpec())) for s, d in shapes]
+  with jax.set_mesh(mesh):  # the Pallas kernels run in shard_map over the mesh; its platform picks `auto`
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 5))).lower(*args).compile()
   return compiled.memory_analysis().temp_size_in_bytes
+
+
+def _one_device_mesh(device: jax.Device | None) -> Mesh:
+  return Mesh(np.asarray([device if device is not None else jax.devices()[0]]), ("data",))
 
 
 def main() -> None:

@@ -21,16 +21,20 @@ from itjax.models.layers import vocab_logits
 from itjax.train.objectives.cross_entropy import chunked_cross_entropy_sums, cross_entropy_sums
 
 
-def temp_bytes(rows: int, length: int, vocab: int, embed: int, chunk: int | None) -> int:
-  """XLA's temporary bytes for d(loss)/d(states, head) at these shapes (bfloat16 states and head)."""
+def temp_bytes(rows: int, length: int, vocab: int, embed: int, chunk: int | None,
+               device: jax.Device | None = None) -> int:
+  """XLA's temporary bytes for d(loss)/d(states, head) at these shapes (bfloat16 states and head), compiled for
+  `device` (default: the local backend's)."""
   def loss(states, head, targets, weights):
     fn = functools.partial(vocab_logits, weight=head, tied=False, dtype=jnp.bfloat16)
     if chunk is None:
       return cross_entropy_sums(fn(states), targets, weights, z_loss=1e-4)["loss"]
     return chunked_cross_entropy_sums(states, fn, targets, weights, z_loss=1e-4, chunk=chunk)["loss"]
 
-  args = (jax.ShapeDtypeStruct((rows, length, embed), jnp.bfloat16), jax.ShapeDtypeStruct((embed, vocab), jnp.bfloat16),
-          jax.ShapeDtypeStruct((rows, length), jnp.int32), jax.ShapeDtypeStruct((rows, length), jnp.int32))
+  place = None if device is None else jax.sharding.SingleDeviceSharding(device)
+  args = [jax.ShapeDtypeStruct(s, d, sharding=place) for s, d in (
+      ((rows, length, embed), jnp.bfloat16), ((embed, vocab), jnp.bfloat16), ((rows, length), jnp.int32),
+      ((rows, length), jnp.int32))]
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 

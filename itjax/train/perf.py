@@ -39,3 +39,17 @@ def mfu(num_params: int, tokens_per_s: float, peak_flops_per_device: float | Non
   if not peak_flops_per_device or num_devices <= 0:
     return None
   return 6.0 * num_params * tokens_per_s / (peak_flops_per_device * num_devices)
+
+
+def decoder_train_flops_per_token(cfg: Any, seq_len: int) -> float:
+  """Training FLOPs per token of a Llama-shaped decoder, counted as MaxText counts them.
+
+  3 x (forward matmul FLOPs): the q/k/v/o projections, the gated MLP's three matrices and the output
+  head, plus causal attention's score and value matmuls (half of the full [seq, seq] products). Embedding
+  lookups, norms and softmax are not counted. `cfg` needs DecoderConfig's shape fields.
+  """
+  e, h, kv, d = cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  per_layer = 2 * e * (h + 2 * kv) * d + 2 * h * d * e + 2 * 3 * e * cfg.mlp_dim
+  attention = 2 * 2 * seq_len * h * d / 2  # q.k and p.v per query, causal: half the keys on average
+  head = 2 * e * cfg.vocab_size
+  return 3.0 * (cfg.num_layers * (per_layer + attention) + head)
