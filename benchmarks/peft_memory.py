@@ -2,7 +2,8 @@
 
 Part 1 evaluates a ~1B Llama shape abstractly (jax.eval_shape: nothing is allocated): trainable
 parameters, AdamW state bytes (the trainer's optimizer: global-norm clipping + AdamW, fp32 moments),
-gradient bytes, and the frozen base in fp32 / bf16, for full fine-tuning and each method. Part 2
+gradient bytes, and the frozen base in fp32 / bf16 (QLoRA: the stored int8 / NF4 tree itself, scales
+included), for full fine-tuning and each method. Part 2
 times the jitted train step on this machine's CPU for a small decoder with each method.
 
     python benchmarks/peft_memory.py [--model models/llama_1b.gin] [--small models/decoder_tiny.gin]
@@ -12,6 +13,7 @@ times the jitted train step on this machine's CPU for a small decoder with each 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import time
@@ -40,6 +42,10 @@ METHODS = {
     "full fine-tuning": None,
     "LoRA r=8 (q, v)": lora(rank=8, alpha=16.0),
     "LoRA r=8 (all linear)": lora(rank=8, alpha=16.0, target_modules="all-linear"),
+    "QLoRA r=8 (all linear), int8 base": lora(rank=8, alpha=16.0, target_modules="all-linear", base_dtype="bfloat16",
+                                              quantize_base="int8"),
+    "QLoRA r=8 (all linear), NF4 base": lora(rank=8, alpha=16.0, target_modules="all-linear", base_dtype="bfloat16",
+                                             quantize_base="nf4"),
     "prefix tuning (16 tokens)": prefix_tuning(num_prefix_tokens=16),
     "adapters (bottleneck 64)": adapters(bottleneck_dim=64),
 }
@@ -62,7 +68,7 @@ def memory_table(cfg) -> None:
   full = nn.unbox(abstract_params(with_peft(cfg, None)))
   n_full = count(full)
   print(f"\n## {cfg.num_layers} layers x {cfg.emb_dim} ({n_full:,} parameters), abstract evaluation\n")
-  print("| method | trainable params | % of full | optimizer state | vs full | gradients | frozen base fp32 / bf16 |")
+  print("| method | trainable params | % of full | optimizer state | vs full | gradients | frozen base |")
   print("|---|---|---|---|---|---|---|")
   full_opt = None
   for name, peft in METHODS.items():
@@ -70,7 +76,13 @@ def memory_table(cfg) -> None:
     opt = _bytes(jax.eval_shape(_optimizer().init, trainable))
     full_opt = full_opt or opt
     n = count(trainable)
-    frozen = "–" if peft is None else f"{_gib(4 * n_full)} / {_gib(2 * n_full)}"
+    if peft is None:
+      frozen = "–"
+    elif peft.base_quant:  # the stored tree: quantized kernels, their scales, bf16 embeddings and norms
+      mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
+      frozen = _gib(_bytes(trainable_for(with_peft(cfg, peft)).abstract_frozen(mesh, partitioning.DEFAULT_RULES)))
+    else:
+      frozen = f"{_gib(4 * n_full)} fp32 / {_gib(2 * n_full)} bf16"
     print(f"| {name} | {n:,} | {100 * n / n_full:.3f}% | {_gib(opt)} | {100 * opt / full_opt:.3f}% | "
           f"{_gib(_bytes(trainable))} | {frozen} |")
 
@@ -90,6 +102,8 @@ def step_times(cfg, args) -> None:
            for k, v in _batch(args.batch_size, args.length, cfg.vocab_size).items()}
   fns = {}
   for name, peft in METHODS.items():
+    if peft is not None and peft.base_quant == "nf4" and cfg.head_dim % peft.quant_block_size:
+      peft = dataclasses.replace(peft, quant_block_size=16)  # blocks must divide every kernel's input dim
     pcfg = cfg if peft is None else with_peft(cfg, peft)
     model, strategy = build_model(pcfg), trainable_for(pcfg)  # full fine-tuning, or the PEFT variables alone
     state, sh = strategy.create_state(opt, mesh, rules, jax.random.key(0))

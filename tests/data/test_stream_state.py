@@ -77,7 +77,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+SLOW_CASES = ("seqio packer", "unpacked")  # make test keeps best-fit packing; these run with -m slow
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
 def test_a_restored_stream_continues_exactly(jsonl_mixture, case):
   name, kwargs = CASES[case]
   a = _stream(name, stats=StreamStats(), **kwargs)
@@ -105,6 +108,7 @@ def test_decontamination_is_restored_too(jsonl_mixture):
   assert a.stats.as_dict()["decontaminated"] > 0
 
 
+@pytest.mark.slow
 def test_counts_carry_across_a_restore(jsonl_mixture):
   """The counts a run reports after resuming are those of an uninterrupted run (examples read ahead are in the
   saved state, so they are not counted again): compared after the same batches, over a host of two shards."""

@@ -70,9 +70,9 @@ def _t5_bias(bidirectional):
 
 @pytest.mark.parametrize("causal,heads,kv_heads,bias", [
     (True, 4, 2, False),   # decoder: packed causal GQA
-    (True, 4, 4, True),    # T5 decoder self-attention: causal + relative bias
+    pytest.param(True, 4, 4, True, marks=pytest.mark.slow),  # T5 decoder self-attention: causal + relative bias
     (False, 2, 2, True),   # T5 encoder: bidirectional + relative bias
-    (False, 4, 1, False),  # multi-query, non-causal
+    pytest.param(False, 4, 1, False, marks=pytest.mark.slow),  # multi-query, non-causal
 ])
 def test_blockwise_matches_reference(causal, heads, kv_heads, bias):
   b, t, d = 3, 45, 8  # 45 is not a multiple of the 16-wide tiles: the kernel pads

@@ -58,7 +58,7 @@ class _Apply:
 
 
 @pytest.mark.parametrize("scan,remat,impls", [
-    (False, "none", ("blockwise",)), (True, "full", ("blockwise",)),
+    (False, "none", ("blockwise",)), pytest.param(True, "full", ("blockwise",), marks=pytest.mark.slow),
     pytest.param(False, "none", ("tpu_splash", "gpu_pallas"), marks=pytest.mark.slow),  # interpreted Pallas: ~30 s
 ])
 def test_decoder_fused_attention_matches_reference(scan, remat, impls):
@@ -75,6 +75,7 @@ def test_decoder_fused_attention_matches_reference(scan, remat, impls):
   _compare(_Apply(make, impls), params, jnp.asarray(SEGMENTS != 0, jnp.float32), 2e-5)
 
 
+@pytest.mark.slow
 def test_t5_blockwise_attention_matches_reference_with_bias_gradients():
   cfg = T5Config(vocab_size=64, emb_dim=32, num_encoder_layers=1, num_decoder_layers=1, num_heads=4, head_dim=8,
                  mlp_dim=64)

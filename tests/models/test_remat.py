@@ -29,12 +29,18 @@ def params():
   return nn.unbox(Decoder(CFG).init(jax.random.key(0), TOKENS)["params"])
 
 
-def test_every_policy_gives_the_same_gradients(params):
-  want = _grad_fn("none")(params)
-  for policy in remat.NAMES[1:]:
-    got = _grad_fn(policy)(params)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-      np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=policy)
+@pytest.fixture(scope="module")
+def no_remat_grads(params):
+  return _grad_fn("none")(params)
+
+
+# make test: one policy of each kind (JAX's own, itjax's named saves, host offload); the rest with -m slow.
+@pytest.mark.parametrize("policy", [p if p in ("full", "save_qkv_attention", "offload_qkv_attention")
+                                    else pytest.param(p, marks=pytest.mark.slow) for p in remat.NAMES[1:]])
+def test_every_policy_gives_the_same_gradients(params, no_remat_grads, policy):
+  got = _grad_fn(policy)(params)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(no_remat_grads), strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=policy)
 
 
 def test_saving_less_needs_less_temporary_memory(params):

@@ -48,9 +48,11 @@ CASES = {"decoder": DEC, "decoder_scan": dataclasses.replace(DEC, scan_layers=Tr
          "t5_scan_remat": dataclasses.replace(T5C, scan_layers=True, remat_policy="full")}
 
 
-@pytest.mark.parametrize("name,peft", [*((n, ALL_LORA) for n in CASES), ("decoder", adapters(bottleneck_dim=8)),
-                                       ("t5_scan_remat", adapters(bottleneck_dim=8))],
-                         ids=[*(f"lora-{n}" for n in CASES), "adapters-decoder", "adapters-t5_scan_remat"])
+@pytest.mark.parametrize("name,peft", [
+    *(pytest.param(n, ALL_LORA, id=f"lora-{n}", marks=[pytest.mark.slow] if n == "t5_scan_remat" else [])
+      for n in CASES),
+    pytest.param("decoder", adapters(bottleneck_dim=8), id="adapters-decoder"),
+    pytest.param("t5_scan_remat", adapters(bottleneck_dim=8), id="adapters-t5_scan_remat", marks=pytest.mark.slow)])
 def test_zero_initialized_lora_and_adapters_leave_outputs_unchanged(name, peft):
   cfg = CASES[name]
   base = _init(cfg)

@@ -140,8 +140,11 @@ def test_quantize_tree_keeps_logical_axes_and_quantizes_only_attention_and_mlp_k
 # ----------------------------------------------------------------------------- the models
 
 
-@pytest.mark.parametrize("fmt", quant.FORMATS)
-@pytest.mark.parametrize("name", CASES)
+# make test: one case per family and format; the scanned variants run with -m slow.
+@pytest.mark.parametrize("name,fmt", [("decoder", "nf4"), ("t5", "int8"), *(
+    pytest.param(n, f, marks=pytest.mark.slow)
+    for n, f in [("decoder", "int8"), ("t5", "nf4"), ("decoder_scan", "int8"), ("decoder_scan", "nf4"),
+                 ("t5_scan", "int8"), ("t5_scan", "nf4")])])
 def test_quantized_base_gives_the_logits_of_its_dequantized_kernels(name, fmt):
   cfg, peft = CASES[name], _qlora(fmt)
   frozen, trainable = _params(cfg, peft)
@@ -164,7 +167,7 @@ def test_the_step_reads_the_dequantized_kernels_in_the_compute_dtype():
 
 
 
-@pytest.mark.parametrize("name,fmt", [("decoder_scan", "nf4"), ("t5", "int8")])
+@pytest.mark.parametrize("name,fmt", [("decoder_scan", "nf4"), pytest.param("t5", "int8", marks=pytest.mark.slow)])
 def test_lora_on_a_quantized_base_learns_and_the_codes_stay(name, fmt):
   cfg = with_peft(CASES[name], _qlora(fmt))
   strategy = trainable_for(cfg, seed=0)
@@ -188,8 +191,8 @@ def test_lora_on_a_quantized_base_learns_and_the_codes_stay(name, fmt):
   assert isinstance(state, TrainState)
 
 
-@pytest.mark.parametrize("name,fmt", [("decoder", "nf4"), ("decoder_scan", "int8"), ("t5", "nf4"),
-                                      ("t5_scan", "int8")])
+@pytest.mark.parametrize("name,fmt", [("decoder", "nf4"), ("t5", "nf4"), *(
+    pytest.param(n, f, marks=pytest.mark.slow) for n, f in [("decoder_scan", "int8"), ("t5_scan", "int8")])])
 def test_merged_logits_equal_the_dequantized_base_plus_lora(name, fmt, tmp_path):
   cfg, peft = CASES[name], _qlora(fmt)
   # LoRA noise 0.05 (not 0.2): x.(W + AB) and x.W + (x.A).B round differently, and larger updates with larger
@@ -273,6 +276,7 @@ def test_bad_quantization_settings_are_user_errors_naming_the_gin_parameter():
 # ----------------------------------------------------------------------------- itjax train / convert
 
 
+@pytest.mark.slow
 def test_qlora_trains_through_gin_and_exports_merged(tmp_path):
   run = tmp_path / "run"
   assert main(["train", f"--gin_file={TINY}", f"--model_dir={run}", "--gin.EVAL_MIXTURES=None", "--gin.TRAIN_STEPS=2",

@@ -47,7 +47,8 @@ def _batch(cfg, rows=4, length=16):
 
 @pytest.mark.parametrize("base_cfg,peft", [(DEC, lora(rank=4, dropout=0.1, target_modules="all-linear")),
                                            (DEC, adapters(bottleneck_dim=8)),
-                                           (T5C, lora(rank=4, dropout=0.1, target_modules="all-linear"))],
+                                           pytest.param(T5C, lora(rank=4, dropout=0.1, target_modules="all-linear"),
+                                                        marks=pytest.mark.slow)],
                          ids=["decoder_lora", "decoder_adapters", "t5_lora"])
 def test_a_step_updates_only_the_trainable_variables(base_cfg, peft):
   cfg = with_peft(base_cfg, peft)
@@ -141,7 +142,7 @@ def runs(base_dir, tmp_path_factory):
   return get
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m if m == "lora" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS])
 def test_each_method_trains_resumes_and_evaluates_through_gin(base_dir, runs, method):
   run, stored, meta = runs(method)
   assert stored and all(is_peft_leaf(k) for k in stored)  # only the trainable variables are checkpointed

@@ -53,7 +53,7 @@ OPTIONS = [dict(), dict(z_loss=1e-3), dict(label_smoothing=0.1),
 
 
 @pytest.mark.parametrize("family", ["decoder", "t5 tied", "t5 untied"])
-@pytest.mark.parametrize("chunk", [1, 4, LENGTH, 64])
+@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 4, LENGTH, 64])
 def test_chunked_loss_and_gradients_equal_the_full_ones(family, chunk):
   model, params = _model(family)
   batch = _batch(1, family != "decoder")

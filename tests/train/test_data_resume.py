@@ -7,6 +7,7 @@ import re
 import shutil
 
 import numpy as np
+import pytest
 from train_runs import losses, train
 
 from itjax.core.checkpoints import blob_names, read_metadata
@@ -50,6 +51,7 @@ def test_replay_reaches_the_same_batches(reference, tmp_path, capsys):
   np.testing.assert_allclose([got[7], got[8]], [ref[7], ref[8]], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_shard_count_change_starts_a_fresh_stream_and_says_so(reference, tmp_path, capsys):
   """1 saved shard read as 2: the saved stream cannot continue exactly, so a fresh one (a new seed, logged and
   saved) takes over; the next resume restores that fresh stream exactly."""

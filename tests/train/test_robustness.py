@@ -157,7 +157,7 @@ register_instruction_task("crash_src", "c", procedural_source(generate, ("x",), 
 '''
 
 
-@pytest.mark.parametrize("failure", ["divergence", "data_crash"])
+@pytest.mark.parametrize("failure", [pytest.param("divergence", marks=pytest.mark.slow), "data_crash"])
 def test_a_failed_run_exits_in_bounded_time(tmp_path, failure):
   """Async checkpointing, data prefetch threads and the metrics writer never keep a failed run alive: it exits
   within the limit, with 2 for a user-facing error and 1 (a traceback) for a crash."""

@@ -48,6 +48,7 @@ def test_t5_trains_checkpoints_and_evaluates(t5_run):
   assert overall["rank_accuracy"]["step_6"] is not None  # NLI rows have options: rank-classified by the T5
 
 
+@pytest.mark.slow
 def test_t5_resume_matches_uninterrupted_run_with_dropout(t5_run, tmp_path):
   """Dropout keys come from (seed, step): steps 4-6 after a resume equal the uninterrupted run's."""
   part = tmp_path / "part"
@@ -138,6 +139,7 @@ def test_packed_batch_loss_logits_equal_each_example_alone():
   assert checked >= 3  # the batch really was packed
 
 
+@pytest.mark.slow
 def test_enc_dec_scores_equal_the_log_softmax_of_a_plain_forward():
   cfg = T5Config(vocab_size=259, emb_dim=32, mlp_dim=64, num_heads=2, head_dim=16, num_encoder_layers=1,
                  num_decoder_layers=1)
@@ -156,6 +158,7 @@ def test_enc_dec_scores_equal_the_log_softmax_of_a_plain_forward():
   assert greedy.dtype == bool and greedy.shape == (3,)
 
 
+@pytest.mark.slow
 def test_enc_dec_generate_matches_step_by_step_argmax():
   cfg = T5Config(vocab_size=259, emb_dim=32, mlp_dim=64, num_heads=2, head_dim=16, num_encoder_layers=1,
                  num_decoder_layers=1)

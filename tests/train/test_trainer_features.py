@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from train_runs import TINY, assert_trees_equal, checkpoint_state, train
 
 from itjax import config
@@ -56,6 +57,7 @@ def test_metrics_report_step_time_tokens_and_mfu(reference):
     np.testing.assert_allclose(r["mfu"], 6 * n_params * r["tokens_per_s"] / (1e12 * 8), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_stream_counts_reach_the_metrics(reference, tmp_path):
   """Packing efficiency always; dedup and decontamination (against the eval sets) when switched on."""
   assert all(0.5 < r["data/packing_efficiency"] <= 1 for r in read_metrics(reference).values() if "loss" in r)
