@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -67,7 +70,7 @@ ROWS = [
     Row("8b-lora-v5e", "Llama 3.1 8B LoRA r=16 all-linear, bf16 base, seq 8,192, 64K tokens", "v5e-8", LLAMA31_8B,
         _DECODER_8K + ("BATCH_SIZE=8", "create_mesh.mesh_shape=(1, -1, 1)", "train.peft=@lora()", "lora.rank=16",
                        "lora.alpha=32.0", "lora.target_modules='all-linear'", "lora.base_dtype='bfloat16'"),
-        ("sft.loss_chunk=1024",)),
+        ("sft.loss_chunk=1024", "DecoderConfig.remat_policy='save_qkv_attention'")),
     Row("70b-v5p", "Llama 2 70B full, seq 4,096, 256K tokens", "v5p-128", ("models/llama2_7b.gin", "runs/finetune.gin"),
         ("DecoderConfig.emb_dim=8192", "DecoderConfig.num_layers=80", "DecoderConfig.num_heads=64",
          "DecoderConfig.num_kv_heads=8", "DecoderConfig.mlp_dim=28672",
@@ -79,7 +82,8 @@ ROWS = [
                                                                                  "runs/finetune.gin"),
         ("TASK_FEATURE_LENGTHS={'inputs': 2048, 'targets': 512}", "BATCH_SIZE=64", "create_mesh.mesh_shape=(1, -1, 1)",
          "train.objective=@sft()"),
-        ("sft.loss_chunk=512",), loss_chunk=512, before=('T5Config.attention_impl="xla"', "sft.loss_chunk=None"),
+        ("sft.loss_chunk=512", "T5Config.attention_dropout_rate=0.0"), loss_chunk=512,
+        before=('T5Config.attention_impl="xla"', "sft.loss_chunk=None"),
         heads=(64, 64, 64), length=2048, per_device_rows=2, emb_vocab=(4096, 32128), bias=True),
 ]
 COMMON = ("MODEL_DIR='(unused)'", "MIXTURE_OR_TASK_NAME='(unused)'", "TRAIN_STEPS=1")
@@ -99,18 +103,37 @@ def _pieces(row: Row, device, chunk: int | None) -> tuple[int, int]:
   return attn, loss
 
 
-def _cell(r: aot.MemoryReport) -> str:
-  if r.compile_error:
+def _cell(r: dict) -> str:
+  if r.get("crash"):
+    return f"libtpu crashed compiling it ({r['crash']})"
+  if r["compile_error"]:
     return "DOES NOT FIT (XLA refused)"
-  pct = 100 * r.total_bytes / r.hbm_bytes
-  return f"{r.total_bytes / GIB:.1f} GiB ({pct:.0f}%){'' if r.fits else ' DOES NOT FIT'}"
+  pct = 100 * r["total_bytes"] / r["hbm_bytes"]
+  return f"{r['total_bytes'] / GIB:.1f} GiB ({pct:.0f}%){'' if r['fits'] else ' DOES NOT FIT'}"
+
+
+def _compile_in_child(row: Row, column: str) -> dict:
+  """One compile per process: a libtpu compiler crash (it has happened: SIGSEGV) costs one cell, not the table."""
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", row.name, "--_column", column],
+                        capture_output=True, text=True)
+  lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    sig = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+    crash = "SIGSEGV, stack overflow in the TPU compiler" if "STACK OVERFLOW" in proc.stderr else sig
+    return {"crash": crash, "stderr": proc.stderr[-400:]}
+  return json.loads(lines[-1])
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--rows", default=",".join(r.name for r in ROWS))
   p.add_argument("--before", action="store_true", help="also compile the pre-issue-15 column")
+  p.add_argument("--_child"), p.add_argument("--_column")
   args = p.parse_args()
+  if args._child:
+    row = next(r for r in ROWS if r.name == args._child)
+    print(json.dumps(_compile_row(row, row.before if args._column == "before" else row.after).as_dict()))
+    return
   import libtpu  # noqa: F401  (fail here, with the module name, when libtpu is missing)
 
   print(f"jax {jax.__version__}, libtpu {_libtpu_version()}")
@@ -120,14 +143,15 @@ def main() -> None:
     if row.name not in args.rows.split(","):
       continue
     t0 = time.perf_counter()
-    before = _cell(_compile_row(row, row.before)) if args.before else "–"
-    after = _compile_row(row, row.after)
+    before = _cell(_compile_in_child(row, "before")) if args.before else "–"
+    after = _compile_in_child(row, "after")
     device = aot.topology_devices(aot.parse_topology(row.topology))[0]
     attn, loss = _pieces(row, device, row.loss_chunk)
-    share = 100 * (attn + loss) / after.total_bytes if after.total_bytes else float("nan")
-    temps = "–" if after.temp_bytes is None else f"{after.temp_bytes / GIB:.1f} GiB"
+    total, temp = after.get("total_bytes"), after.get("temp_bytes")
+    share = f"{100 * (attn + loss) / total:.1f}%" if total else "–"
+    temps = "–" if temp is None else f"{temp / GIB:.1f} GiB"
     print(f"| {row.title} | {row.topology} | {before} | {_cell(after)} | {temps} | "
-          f"{attn / GIB:.2f} + {loss / GIB:.2f} GiB ({share:.1f}%) |  [{time.perf_counter() - t0:.0f} s]", flush=True)
+          f"{attn / GIB:.2f} + {loss / GIB:.2f} GiB ({share}) |  [{time.perf_counter() - t0:.0f} s]", flush=True)
 
 
 def _libtpu_version() -> str:

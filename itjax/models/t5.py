@@ -49,6 +49,9 @@ class T5Config(Numerics):
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   dropout_rate: float = 0.0  # as HF: embeddings, residual branches, attention probabilities, MLP hidden units
+  # Dropout on the attention probabilities; None: dropout_rate (as HF and T5X). Any rate > 0 makes training use
+  # the dense reference attention (the fused kernels have no dropout); 0.0 keeps the fused path at scale.
+  attention_dropout_rate: float | None = None
   norm_eps: float = 1e-6
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -66,6 +69,8 @@ class T5Config(Numerics):
     check_fields(self, minimum={"eos_id": 0})
     if not 0 <= self.dropout_rate < 1:
       raise UserError(f"T5Config.dropout_rate={self.dropout_rate!r} must be in [0, 1)")
+    if self.attention_dropout_rate is not None and not 0 <= self.attention_dropout_rate < 1:
+      raise UserError(f"T5Config.attention_dropout_rate={self.attention_dropout_rate!r} must be None or in [0, 1)")
     if self.mlp_activation not in _MLP_ACTIVATIONS:
       raise UserError(f"unknown mlp_activation {self.mlp_activation!r}; expected one of {_MLP_ACTIVATIONS}")
     attention.check_impl("T5Config", self.attention_impl)
@@ -172,7 +177,8 @@ class T5Attention(nn.Module):
       ck.value, cv.value = k, v
     else:
       k, v = project_kv(kv_input)
-    dropout = not deterministic and cfg.dropout_rate > 0.0
+    rate = cfg.dropout_rate if cfg.attention_dropout_rate is None else cfg.attention_dropout_rate
+    dropout = not deterministic and rate > 0.0
     if peft_hooks.has_prefix(cfg.peft) or dropout:  # both need the dense mask and bias
       mask, bias = spec.mask(q.shape[1], k.shape[1], q.shape[0]), spec.bias()
       k, v, mask, bias = peft_hooks.prefix(self, k, v, mask, bias, "heads", cfg.peft)
@@ -186,7 +192,7 @@ class T5Attention(nn.Module):
       if bias is not None:
         logits = logits + bias.astype(jnp.float32)
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-      probs = nn.Dropout(cfg.dropout_rate)(jax.nn.softmax(logits, axis=-1), deterministic=False)
+      probs = nn.Dropout(rate)(jax.nn.softmax(logits, axis=-1), deterministic=False)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dt), v)
     out = remat.tag(nn.with_logical_constraint(out, qkv_axes), remat.ATTENTION_OUT)
     o_kernel = kernel("o_kernel", h * d, (h, d, e), ("heads", "kv", "embed"))

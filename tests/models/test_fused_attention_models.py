@@ -118,3 +118,28 @@ def test_blockwise_steps_never_hold_length_by_length_arrays(family):
 
   assert (length, length) not in step_shapes("blockwise")
   assert (length, length) in step_shapes("xla")
+
+
+def test_t5_dropout_keeps_the_fused_path_only_without_attention_dropout():
+  """Training with dropout: HF's attention-probability dropout needs the dense scores; attention_dropout_rate=0.0
+  keeps the blockwise kernel (residual and MLP dropout still act: the loss differs from no dropout at all)."""
+  length = 1024  # two kernel tiles (512) per side: a [..., L, L] array is the dense path's
+  tokens = jnp.ones((1, length), jnp.int32)
+  cfg = T5Config(vocab_size=16, emb_dim=16, num_encoder_layers=1, num_decoder_layers=1, num_heads=2, head_dim=8,
+                 mlp_dim=16, attention_impl="blockwise", dropout_rate=0.3)
+
+  def run(c):
+    model = T5(c)
+    params = nn.unbox(model.init(jax.random.key(0), tokens, tokens)["params"])
+    f = lambda p: jnp.sum(model.apply({"params": p}, tokens, tokens, deterministic=False,  # noqa: E731
+                                      rngs={"dropout": jax.random.key(1)})[..., 0])
+    sizes = {s[-2:] for s in shapes(jax.make_jaxpr(jax.grad(f))(params).jaxpr) if len(s) >= 2}
+    return (length, length) in sizes, float(f(params))
+
+  dense, with_attention_dropout = run(cfg)
+  fused, without = run(dataclasses.replace(cfg, attention_dropout_rate=0.0))
+  _, no_dropout = run(dataclasses.replace(cfg, dropout_rate=0.0))
+  assert dense and not fused
+  assert len({with_attention_dropout, without, no_dropout}) == 3
+  with pytest.raises(Exception, match=r"T5Config.attention_dropout_rate=1.5"):
+    dataclasses.replace(cfg, attention_dropout_rate=1.5)
