@@ -70,7 +70,7 @@ ROWS = [
     Row("8b-lora-v5e", "Llama 3.1 8B LoRA r=16 all-linear, bf16 base, seq 8,192, 64K tokens", "v5e-8", LLAMA31_8B,
         _DECODER_8K + ("BATCH_SIZE=8", "create_mesh.mesh_shape=(1, -1, 1)", "train.peft=@lora()", "lora.rank=16",
                        "lora.alpha=32.0", "lora.target_modules='all-linear'", "lora.base_dtype='bfloat16'"),
-        ("sft.loss_chunk=1024", "DecoderConfig.remat_policy='save_qkv_attention'")),
+        ("sft.loss_chunk=512", "DecoderConfig.remat_policy='save_qkv_attention'"), loss_chunk=512),
     Row("70b-v5p", "Llama 2 70B full, seq 4,096, 256K tokens", "v5p-128", ("models/llama2_7b.gin", "runs/finetune.gin"),
         ("DecoderConfig.emb_dim=8192", "DecoderConfig.num_layers=80", "DecoderConfig.num_heads=64",
          "DecoderConfig.num_kv_heads=8", "DecoderConfig.mlp_dim=28672",
