@@ -32,6 +32,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from itjax.train.perf import known_peak_flops  # noqa: E402
+
 SHAPES = {  # emb, layers, heads, kv heads, head dim, mlp, vocab, tied
     "1b": dict(emb_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64, mlp_dim=8192,
                vocab_size=128256, tie_embeddings=True),
@@ -191,11 +193,6 @@ def _count(n: int) -> str:
   return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
 
 
-def _peak(device_kind: str) -> float | None:
-  from itjax.train.perf import known_peak_flops
-  return known_peak_flops(device_kind)
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--shapes", default="1b,8b")
@@ -234,7 +231,7 @@ def main() -> None:
       for r in row.values():
         if "error" not in r:
           r["tokens_per_s"] = case.batch * case.seq / r["step_s"]
-          peak = _peak(r["device"])
+          peak = known_peak_flops(r["device"])
           r["mfu"] = flops * r["tokens_per_s"] / peak if peak and flops else None
       base = row.get("torch", {}).get("tokens_per_s")
       for side, r in row.items():

@@ -53,6 +53,7 @@ class Row:
   before: tuple[str, ...] = ('DecoderConfig.attention_impl="xla"', "sft.loss_chunk=None")
   heads: tuple[int, int, int] = (32, 8, 128)  # q heads, kv heads, head dim (for the attention-alone compile)
   length: int = 8192
+  loss_length: int | None = None  # tokens the loss covers per row (T5: the targets); None: `length`
   per_device_rows: int = 1
   emb_vocab: tuple[int, int] = (4096, 128256)
   bias: bool = False
@@ -84,7 +85,7 @@ ROWS = [
          "train.objective=@sft()"),
         ("sft.loss_chunk=512", "T5Config.attention_dropout_rate=0.0"), loss_chunk=512,
         before=('T5Config.attention_impl="xla"', "sft.loss_chunk=None"),
-        heads=(64, 64, 64), length=2048, per_device_rows=2, emb_vocab=(4096, 32128), bias=True),
+        heads=(64, 64, 64), length=2048, loss_length=512, per_device_rows=2, emb_vocab=(4096, 32128), bias=True),
 ]
 COMMON = ("MODEL_DIR='(unused)'", "MIXTURE_OR_TASK_NAME='(unused)'", "TRAIN_STEPS=1")
 
@@ -99,7 +100,7 @@ def _pieces(row: Row, device, chunk: int | None) -> tuple[int, int]:
   h, kvh, d = row.heads
   emb, vocab = row.emb_vocab
   attn = attention_memory.temp_bytes("auto", row.per_device_rows, row.length, h, kvh, d, row.bias, device=device)
-  loss = loss_memory.temp_bytes(row.per_device_rows, row.length, vocab, emb, chunk, device=device)
+  loss = loss_memory.temp_bytes(row.per_device_rows, row.loss_length or row.length, vocab, emb, chunk, device=device)
   return attn, loss
 
 

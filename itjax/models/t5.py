@@ -78,6 +78,11 @@ class T5Config(Numerics):
     object.__setattr__(self, "peft", peft_hooks.as_peft_config(self.peft))
 
   @property
+  def attention_dropout(self) -> float:
+    """The rate applied to attention probabilities in training."""
+    return self.dropout_rate if self.attention_dropout_rate is None else self.attention_dropout_rate
+
+  @property
   def scales_decoder_outputs(self) -> bool:
     return self.tie_embeddings if self.scale_decoder_outputs is None else self.scale_decoder_outputs
 
@@ -177,7 +182,7 @@ class T5Attention(nn.Module):
       ck.value, cv.value = k, v
     else:
       k, v = project_kv(kv_input)
-    rate = cfg.dropout_rate if cfg.attention_dropout_rate is None else cfg.attention_dropout_rate
+    rate = cfg.attention_dropout
     dropout = not deterministic and rate > 0.0
     if peft_hooks.has_prefix(cfg.peft) or dropout:  # both need the dense mask and bias
       mask, bias = spec.mask(q.shape[1], k.shape[1], q.shape[0]), spec.bias()
