@@ -317,7 +317,9 @@ def _bad_unicode(obj: Any, path: str = "") -> tuple[str, str] | None:
   return None
 
 
-def _parse_object(obj: dict, fmt: str, max_chars: int | None) -> dict[str, str] | Turn | list[Turn]:
+def _parse_object(obj: dict, fmt: str | Callable[[dict, int | None], Any], max_chars: int | None) -> Any:
+  if callable(fmt):  # a format defined in another module (`scan_parsed`)
+    return fmt(obj, max_chars)
   if fmt == "chat_turns":
     return _turns(obj, max_chars)
   return _PARSERS[fmt](obj, max_chars)
@@ -421,6 +423,19 @@ def _parse_line(raw: bytes, fmt: str, max_chars: int | None, check: Callable[[di
   obj = _load(raw)
   ex = _parse_object(obj, fmt, max_chars)
   return check(obj, ex) if check is not None else ex
+
+
+def scan_parsed(path: str, parse: Callable[[dict, int | None], Any], report: Report, *, on_error: str = "raise",
+                max_chars: int | None = DEFAULT_MAX_CHARS) -> Iterator[Any]:
+  """`parse(obj, max_chars)` of each valid line (a format defined elsewhere, e.g. `itjax.data.preference`), with
+  the built-in formats' errors and skip counts; `parse` raises `BadLine` for a bad line."""
+  if on_error not in ON_ERROR:
+    raise UserError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+  return _scan(path, parse, on_error=on_error, max_chars=max_chars, report=report)
+
+
+# The line checks, for formats defined in other modules.
+BadLine, get_string, nonempty, check_length, chat_turns = _BadLine, _get, _nonempty, _check_length, _turns
 
 
 def read_jsonl(path: str | os.PathLike, fmt: str, *, on_error: str = "raise", max_chars: int | None = DEFAULT_MAX_CHARS,

@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from itjax.data import chat, shared_stream, stream_state  # noqa: E402
+from itjax.data import chat, preference, shared_stream, stream_state  # noqa: E402
 from itjax.data import dedup as dedup_lib  # noqa: E402
 from itjax.data import truncation as trunc  # noqa: E402
 from itjax.data.feature_converters import check_packer, converter_for  # noqa: E402
@@ -250,7 +250,7 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
                   decontaminate: NgramIndex | None = None, layout: FeatureLayout = PREFIX_LM_LAYOUT,
                   packer: str = "best_fit", dedup: bool = False, stats: StreamStats | None = None,
                   vocabulary: seqio.Vocabulary | None = None, truncation: str = trunc.KEEP_START,
-                  side_state: list[SideState] | None = None) -> tf.data.Dataset:
+                  side_state: list[SideState] | None = None, pairs: bool = False) -> tf.data.Dataset:
   """This host's infinite stream of [batch_size, length] batches of a model's features (`layout`, from its
   interface: decoder-only PrefixLM rows by default), from batch `start_batch` on (by replaying the batches
   before it; `stream_state` restores a position instead, at a cost that does not grow with it).
@@ -258,10 +258,19 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   With `decontaminate`, examples sharing an n-gram with the indexed eval data are dropped before
   packing (counted in `stats`; `itjax.data.quality.scan` counts them offline). With `dedup`,
   normalized-text duplicates are dropped per task and pass (`itjax.data.dedup`). `packer` is
-  "best_fit" (default) or "seqio"; it applies when `pack`.
+  "best_fit" (default) or "seqio"; it applies when `pack`. With `pairs` (an objective that trains on preference
+  pairs), the batches are `itjax.data.preference` rows of the mixture's preference tasks.
   """
   tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators that JAX owns
   check_packer(packer)
+  if pairs:
+    if dedup or decontaminate is not None:
+      raise UserError("preference streams are neither deduplicated nor decontaminated: unset "
+                      "stream_settings.dedup / decontaminate for this objective")
+    ds = preference.preference_dataset(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
+                                       shard_index=shard_index, num_shards=num_shards, layout=layout, stats=stats,
+                                       vocabulary=vocabulary)
+    return ds.with_options(stream_state.iterator_options()).skip(start_batch).prefetch(4)
   lengths = dict(task_feature_lengths)
   stats = stats if stats is not None else StreamStats()
   ds = train_examples(mixture_or_task_name, layout.task_lengths(lengths), seed=seed,

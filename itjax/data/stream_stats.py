@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from itjax.data import skips
 from itjax.data.packing import PackingStats
+from itjax.models.features import PREFERENCE_IDS
 
 log = logging.getLogger("itjax")
 
@@ -40,6 +41,11 @@ GRAPH_COUNTERS = {
     "chat_tokens_cut": "history tokens lost (dropped turns and left-cut last user turns)",
     "enc_dec_turn_examples": "extra encoder-decoder examples, one per earlier assistant turn",
     "enc_dec_turn_tokens_cut": "tokens trimmed from those turns' targets",
+    "preference_rows": "preference rows (prompts with their ranked responses) read",
+    "preference_pairs": "(chosen, rejected) pairs made from them",
+    "preference_prompts_truncated": "pairs whose prompt lost its first tokens to the inputs length",
+    "preference_responses_truncated": "pairs with a response cut to the targets length (EOS kept)",
+    "preference_pairs_tied": "pairs dropped because chosen and rejected were equal once cut to the targets length",
 }
 
 # Packed rows number their examples 1..k (so a row's maximum is its count); unpacked rows are one example each.
@@ -96,7 +102,9 @@ class StreamStats:
   def delivered(self, batch: Mapping[str, np.ndarray]) -> None:
     """Counts the examples of a batch handed to training: segments of packed rows, else rows with a target."""
     segments = next((batch[k] for k in TRAINED_SEGMENTS if k in batch), None)
-    if segments is not None:
+    if PREFERENCE_IDS in batch:  # pair k's two sequences are segments 2k+1, 2k+2: count pairs
+      self.examples_trained += int(((np.asarray(batch[PREFERENCE_IDS]).max(axis=-1) + 1) // 2).sum())
+    elif segments is not None:
       self.examples_trained += int(segments.max(axis=-1).sum())
     else:
       self.examples_trained += int((np.asarray(batch[TRAINED_WEIGHTS]) > 0).any(axis=-1).sum())

@@ -95,6 +95,17 @@ def render(template: Template, ex: Mapping[str, tf.Tensor], variant: str) -> tup
   return tf.strings.join([inputs, "\n"]), _render(template.targets, ex, opts)
 
 
+def render_text(template: Template, fields: Mapping[str, str]) -> str:
+  """`render`'s inputs in plain Python, for a template without options (the noopt variant): stripped, then a
+  newline. Preference prompts are templated here, in the numpy function that reads them."""
+  pieces = []
+  for literal, name, spec, conv in string.Formatter().parse(template.inputs):
+    if spec or conv or name == OPTIONS_FIELD:
+      raise ValueError(f"template {template.inputs!r}: only plain fields render as text ({name})")
+    pieces.append(literal + (fields[name] if name else ""))
+  return "".join(pieces).strip(" \t\n\r\v\f") + "\n"  # ASCII whitespace, as tf.strings.strip
+
+
 def check_templates(templates: Sequence[Template], fields: set[str], task: str) -> None:
   """Fails at registration when a template names a field the source lacks."""
   if not templates:

@@ -15,6 +15,7 @@ PREFIX_LM = "prefix_lm"  # decoder-only: BOS + inputs + targets in one row, loss
 ENC_DEC = "enc_dec"  # encoder-decoder: inputs (+ EOS) -> encoder, targets -> decoder (seqio EncDec)
 KINDS = (PREFIX_LM, ENC_DEC)
 PACKERS = ("best_fit", "seqio")  # how packed rows are filled (itjax.data.packing's best fit, or seqio's greedy)
+PREFERENCE_IDS = "preference_ids"  # preference rows: 2k+1 on pair k's chosen sequence, 2k+2 on its rejected one
 
 DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
                     "decoder_positions")
@@ -59,3 +60,12 @@ class FeatureLayout:
 
 
 PREFIX_LM_LAYOUT = FeatureLayout(PREFIX_LM)
+
+
+def preference_lengths(layout: FeatureLayout, feature_lengths: Mapping[str, int]) -> dict[str, int]:
+  """Array lengths of a preference batch (`itjax.data.preference`): a row holds whole pairs, each sequence at the
+  SFT lengths (prompt <= inputs, response <= targets), so it is twice an SFT row; always packed."""
+  if layout.kind != PREFIX_LM:
+    raise ValueError("preference rows are laid out for decoder-only models (prefix_lm)")
+  lengths = layout.model_lengths({k: 2 * v for k, v in feature_lengths.items()}, pack=True)
+  return {**lengths, PREFERENCE_IDS: lengths["decoder_target_tokens"]}

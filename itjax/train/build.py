@@ -82,8 +82,8 @@ class Built:
   def batch_shapes(self) -> dict[str, tuple[int, int]]:
     """The shapes of the global batch the step takes (the objective's features at the run's lengths)."""
     s = self.settings
-    lengths = self.interface.features.model_lengths(s.task_feature_lengths, s.stream.pack)
-    keys = self.settings.objective.features(self.interface.features)
+    lengths = s.objective.batch_lengths(self.interface.features, s.task_feature_lengths, s.stream.pack)
+    keys = s.objective.features(self.interface.features)
     return {k: (s.batch_size, lengths[k]) for k in keys if k in lengths}
 
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:

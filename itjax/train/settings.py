@@ -105,6 +105,7 @@ class TrainSettings:
   initial_checkpoint_path: str | None = None
   eval_mixtures: Mapping[str, str] | None = None
   eval_period: int | None = None
+  validation_split: str | None = None
   log_every: int = 10
   num_microbatches: int = 1
   peak_flops_per_device: float | None = None
@@ -147,7 +148,8 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
                    initial_checkpoint_path: str | None = None, eval_mixtures: Mapping[str, str] | None = None,
                    eval_period: int | None = None, log_every: int = 10, num_microbatches: int = 1,
                    peft: PeftConfig | None = None, objective: Objective | None = None,
-                   peak_flops_per_device: float | None = None, preempted_exit_code: int = 75) -> TrainSettings:
+                   peak_flops_per_device: float | None = None, preempted_exit_code: int = 75,
+                   validation_split: str | None = None) -> TrainSettings:
   """The run gin describes (T5X's `train` macros; stream, checkpoint and objective settings beside it).
 
   model_config: a `DecoderConfig` (decoder-only, PrefixLM features) or a `T5Config` (encoder-decoder,
@@ -155,6 +157,8 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
     any family's config. A T5 config's dropout_rate applies in training steps (never in evaluation).
   eval_period: evaluate the current params on `eval_mixtures` every this many steps (and at the end),
     into MODEL_DIR/eval/step_<n>/, logging `eval/SET/METRIC` scalars.
+  validation_split: a preference objective's held-out metrics (accuracy, margin, rewards) on this split of the
+    training tasks, at the start, every `eval_period` steps and at the end (`eval/validation/METRIC`).
   peft: parameter-efficient tuning (`@lora()`, `@prefix_tuning()`, `@adapters()`; see itjax.peft): only
     the method's variables train and are checkpointed; the frozen base comes from INITIAL_CHECKPOINT_PATH
     (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.
@@ -173,6 +177,6 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
       train_steps=train_steps, batch_size=batch_size, model_config=model_config, seed=seed,
       initial_checkpoint_path=initial_checkpoint_path, eval_mixtures=eval_mixtures, eval_period=eval_period,
       log_every=log_every, num_microbatches=num_microbatches, peak_flops_per_device=peak_flops_per_device,
-      preempted_exit_code=preempted_exit_code,
+      preempted_exit_code=preempted_exit_code, validation_split=validation_split,
       objective=objective if objective is not None else CrossEntropy(), stream=StreamSettings(),
       checkpoints=CheckpointSettings())

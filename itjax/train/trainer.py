@@ -42,12 +42,13 @@ from itjax.data.truncation import KEEP_START
 from itjax.data.truncation import run_default as run_truncation
 from itjax.data.vocab import check_vocabulary_fits, load_vocabulary
 from itjax.errors import UserError, make_dirs
-from itjax.models.features import FeatureLayout
+from itjax.models.features import PREFERENCE_IDS, FeatureLayout
 from itjax.train import perf
 from itjax.train.build import Built, build
 from itjax.train.loop import Loop, NonFiniteError, Preemption  # noqa: F401  (NonFiniteError: part of the API)
 from itjax.train.settings import StreamSettings, TrainSettings, train_settings
 from itjax.train.summaries import MetricsWriter
+from itjax.train.validation import Validation, check_validation, global_batch, validation_batches
 
 log = logging.getLogger("itjax")
 
@@ -78,15 +79,10 @@ class EvaluatorFactory(Protocol):
                vocabulary: Any) -> Evaluator: ...
 
 
-def _global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  """Assembles the global batch from each host's piece (its rows of the batch axis)."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
 def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
                  seed: int, data_shards: int, start_batch: int, layout: FeatureLayout, stream: StreamSettings,
                  vocabulary: seqio.Vocabulary, decontaminate: NgramIndex | None = None,
-                 stats: StreamStats | None = None, truncation: str = KEEP_START) -> HostStream:
+                 stats: StreamStats | None = None, truncation: str = KEEP_START, pairs: bool = False) -> HostStream:
   """This process's rows of each global batch: its `data_shards / process_count` shards, concatenated.
 
   The global batch is shards 0..data_shards-1 stacked (batch_size / data_shards rows each), whatever
@@ -102,7 +98,7 @@ def host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
         mixture_or_task_name, task_feature_lengths, batch_size // data_shards, seed=seed, shard_index=index,
         num_shards=data_shards, pack=stream.pack, start_batch=start_batch, layout=layout, packer=stream.packer,
         dedup=stream.dedup, decontaminate=decontaminate, stats=stats, vocabulary=vocabulary, truncation=truncation,
-        side_state=side), stats, side)
+        side_state=side, pairs=pairs), stats, side)
   return HostStream(shards, data_shards, stats, (jax.process_index(), jax.process_count()))
 
 
@@ -253,7 +249,8 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
     batches = host_batches(s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, seed=data_seed,
                            data_shards=data_shards, start_batch=start_batch if resume == "replay" else 0,
                            layout=b.interface.features, stream=s.stream, vocabulary=vocabulary,
-                           decontaminate=index, stats=stream_stats, truncation=run_truncation())
+                           decontaminate=index, stats=stream_stats, truncation=run_truncation(),
+                           pairs=PREFERENCE_IDS in s.objective.features(b.interface.features))
     if resume == "restore":
       t0 = time.time()
       batches.restore(lambda name: read_blob(step_dir, name), blob_names(step_dir), f"{step_dir}/data")
@@ -267,7 +264,15 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
                 data_shards=data_shards, meta={**b.trainable.checkpoint_meta(), "topology": _topology(b.mesh)},
                 num_params=int(perf.count_params((state.params, frozen)) * b.interface.active_param_fraction),
                 peak_flops=s.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
-    step, state = _steps(s, b, state, frozen, batches, loop, ev, preempt, start)
+    val = None
+    if s.validation_split is not None:
+      check_validation(s.validation_split, s.objective, b.interface.features)
+      val = Validation(s.objective, b.interface, validation_batches(
+          s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, s.validation_split, b.interface.features,
+          vocabulary), b.batch_sharding)
+      if start == 0:
+        _validate(val, b, state, frozen, loop, 0)
+    step, state = _steps(s, b, state, frozen, batches, loop, ev, preempt, start, val)
     stream_stats.log()
     ckpt.wait()
     if c.best_metric:
@@ -298,8 +303,17 @@ def _describe(topology: dict) -> str:
   return f"mesh {mesh} ({topology.get('devices')} devices, {topology.get('processes')} processes)"
 
 
+def _validate(val: Validation, b: Built, state: Any, frozen: dict, loop: Loop, step: int) -> None:
+  t0 = time.time()
+  with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
+    m = val(b.trainable.full_params(state.params, frozen.get("base")), frozen)
+  loop.write_eval(step, {f"validation/{k}": v for k, v in m.items()}, time.time() - t0)
+  shown = ", ".join(f"{k}={m[k]:.4g}" for k in ("accuracy", "margin", "loss") if k in m)
+  log.info("validation at step %d (%s): %s", step, b.settings.validation_split, shown)
+
+
 def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterator, loop: Loop,
-           ev: Evaluator | None, preempt: Preemption, start: int) -> tuple[int, Any]:
+           ev: Evaluator | None, preempt: Preemption, start: int, val: Validation | None = None) -> tuple[int, Any]:
   """Steps from `start` to train_steps (or a preemption), logging, evaluating and checkpointing on the way;
   returns where it stopped (step, state)."""
   step = start
@@ -311,13 +325,15 @@ def _steps(s: TrainSettings, b: Built, state: Any, frozen: dict, batches: Iterat
       waited = time.perf_counter() - t0
       tokens = float(sum(np.sum(local[k] > 0) for k in ("encoder_input_tokens", "decoder_target_tokens")
                          if k in local)) * jax.process_count()
-      state, m = b.step_fn(state, _global_batch(local, b.batch_sharding), frozen)
+      state, m = b.step_fn(state, global_batch(local, b.batch_sharding), frozen)
       step += 1
       loop.stepped(step, m, tokens, waited)
       if step == start + 1:
         write_operative_config(loop.model_dir)
       if step % s.log_every == 0 or step == s.train_steps:
         loop.log()
+      if val is not None and (step == s.train_steps or (s.eval_period and step % s.eval_period == 0)):
+        _validate(val, b, state, frozen, loop, step)
       eval_metrics = None
       if ev is not None and s.eval_period and (step % s.eval_period == 0 or step == s.train_steps):
         loop.verify()

@@ -18,6 +18,7 @@ from itjax.train import perf
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow  # ~35 s; the GPU run of 2026-12-04 exercised the same code
 def test_runs_on_cpu_without_tensorflow_or_seqio(tmp_path):
   blocked = tmp_path / "blocked"
   for name in ("tensorflow", "seqio", "tensorflow_text"):

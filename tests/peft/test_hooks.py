@@ -49,7 +49,7 @@ CASES = {"decoder": DEC, "decoder_scan": dataclasses.replace(DEC, scan_layers=Tr
 
 
 @pytest.mark.parametrize("name,peft", [
-    *(pytest.param(n, ALL_LORA, id=f"lora-{n}", marks=[pytest.mark.slow] if n == "t5_scan_remat" else [])
+    *(pytest.param(n, ALL_LORA, id=f"lora-{n}", marks=[pytest.mark.slow] if "scan" in n else [])
       for n in CASES),
     pytest.param("decoder", adapters(bottleneck_dim=8), id="adapters-decoder"),
     pytest.param("t5_scan_remat", adapters(bottleneck_dim=8), id="adapters-t5_scan_remat", marks=pytest.mark.slow)])
@@ -94,7 +94,7 @@ def test_default_targets_are_q_and_v_only():
                                                      "v_kernel_lora_b"]
 
 
-@pytest.mark.parametrize("name", ["decoder", "decoder_scan", "t5"])
+@pytest.mark.parametrize("name", ["decoder", pytest.param("decoder_scan", marks=pytest.mark.slow), "t5"])
 def test_merged_and_unmerged_lora_give_the_same_logits(name):
   cfg = CASES[name]
   peft = ALL_LORA

@@ -60,8 +60,9 @@ def single():
   return _run((1, 1, 1), jax.devices()[:1])
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), pytest.param((2, 2, 2), marks=pytest.mark.slow),
-                                        (1, 4, 2)])
+# (8, 1, 1): data; (1, 4, 2): fsdp x tensor. Data x fsdp meshes run with the slow tests.
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), pytest.param((2, 4, 1), marks=pytest.mark.slow),
+                                        pytest.param((2, 2, 2), marks=pytest.mark.slow), (1, 4, 2)])
 def test_sharded_matches_single_device(single, mesh_shape):
   assert len(jax.devices()) == 8
   losses, params, state = _run(mesh_shape, jax.devices())

@@ -127,14 +127,18 @@ def test_packed_batch_loss_logits_equal_each_example_alone():
   batch = next(numpy_batches(ds))
   params = model.init(jax.random.key(0), jnp.zeros((1, 48), jnp.int32), jnp.zeros((1, 16), jnp.int32))["params"]
   packed = np.asarray(iface.logits(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+  # One shape: each example alone, padded to the row (segment id 0 on the padding).
+  apply = jax.jit(lambda enc, dec: model.apply({"params": params}, enc, dec, (enc > 0).astype(jnp.int32),
+                                               jnp.ones_like(dec)))
   checked = 0
   for row in range(2):
     eseg, dseg = batch["encoder_segment_ids"][row], batch["decoder_segment_ids"][row]
     for s in set(dseg[dseg > 0].tolist()):
-      enc = batch["encoder_input_tokens"][row][eseg == s][None]
-      dec = batch["decoder_input_tokens"][row][dseg == s][None]
-      alone = np.asarray(model.apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec)))
-      np.testing.assert_allclose(packed[row][dseg == s], alone[0], atol=1e-5)
+      enc = batch["encoder_input_tokens"][row][eseg == s]
+      dec = batch["decoder_input_tokens"][row][dseg == s]
+      alone = np.asarray(apply(jnp.asarray(np.pad(enc, (0, 48 - len(enc))))[None],
+                               jnp.asarray(np.pad(dec, (0, 16 - len(dec))))[None]))
+      np.testing.assert_allclose(packed[row][dseg == s], alone[0, :len(dec)], atol=1e-5)
       checked += 1
   assert checked >= 3  # the batch really was packed
 

@@ -23,6 +23,10 @@ class Objective(Protocol):
     """The batch arrays it reads, for a model of `layout`."""
     ...
 
+  def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
+    """The length of each batch array at TASK_FEATURE_LENGTHS `feature_lengths`."""
+    ...
+
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:
     """Additive sums over `batch`; `"loss"` is differentiated (then divided by `normalizer`)."""

@@ -166,6 +166,9 @@ class CrossEntropy:
   def features(self, layout: FeatureLayout) -> tuple[str, ...]:
     return layout.feature_keys
 
+  def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
+    return layout.model_lengths(feature_lengths, pack)
+
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:
     return loss_sums(iface, params, batch, self.z_loss, self.label_smoothing, self.loss_normalizing_factor,

@@ -23,11 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from itjax.errors import UserError
-from itjax.models.features import FeatureLayout
+from itjax.models.features import PREFERENCE_IDS, FeatureLayout, preference_lengths
 from itjax.train.objectives.base import Batch, Sums
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")
-PREFERENCE_IDS = "preference_ids"
 
 
 def pair_sums(values: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -147,6 +146,13 @@ class Preference:
   def features(self, layout: FeatureLayout) -> tuple[str, ...]:
     return (*layout.feature_keys, PREFERENCE_IDS)
 
+  def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
+    """Rows of whole pairs, twice SFT's length (`itjax.data.preference`); always packed."""
+    try:
+      return preference_lengths(layout, feature_lengths)
+    except ValueError as e:
+      raise UserError(f"train.objective={self.method}: {e}") from None
+
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:
     policy, logps = pair_stats(iface.logits(params, batch, dropout_rng=dropout_rng), batch)
@@ -183,7 +189,7 @@ class Preference:
     return jnp.maximum(sums["pairs"], 1.0)
 
   def metrics(self, sums: Sums, denom: jax.Array) -> dict[str, jax.Array]:
-    per_pair = {k: sums[k] / denom for k in sums if k not in ("pairs",)}
+    per_pair = {k: sums[k] / denom for k in sums if k not in ("pairs", "correct")}
     return {**per_pair, "accuracy": sums["correct"] / denom, "pairs": sums["pairs"]}
 
 

@@ -1,0 +1,66 @@
+"""Held-out metrics of the training objective: one pass over a split of the training tasks (T5X's train_eval).
+
+For preference objectives this is the held-out preference accuracy, margin and rewards (DPO against its frozen
+reference) on the tasks' `validation_split`, logged as `eval/validation/METRIC` at every `eval_period` and at
+the start and end of a run. Every process reads the whole split (held-out sets are small) and feeds its rows
+of each global batch, so all processes run the same number of batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import seqio
+
+from itjax.data.preference import preference_dataset
+from itjax.errors import UserError
+from itjax.models.features import PREFERENCE_IDS
+
+
+def global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """Assembles the global batch from each host's piece (its rows of the batch axis)."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def check_validation(split: str | None, objective: Any, layout: Any) -> None:
+  if split is not None and PREFERENCE_IDS not in objective.features(layout):
+    raise UserError(f"train.validation_split={split!r}: held-out objective metrics are built for preference "
+                    "objectives (train.objective = @dpo(), @simpo(), @orpo()); SFT runs evaluate EVAL_MIXTURES")
+
+
+def validation_batches(name: str, lengths: Mapping[str, int], batch_size: int, split: str, layout: Any,
+                       vocabulary: seqio.Vocabulary) -> list[dict[str, np.ndarray]]:
+  """This process's rows of every global batch of one pass over `split` (the last one zero-padded: padding
+  rows hold no pair, so they add nothing to the sums)."""
+  per = batch_size // jax.process_count()
+  lo = jax.process_index() * per
+  out = []
+  for b in preference_dataset(name, lengths, batch_size, seed=None, layout=layout, vocabulary=vocabulary,
+                              split=split):
+    b = {k: v.numpy() for k, v in b.items()}
+    short = batch_size - len(next(iter(b.values())))
+    if short:
+      b = {k: np.pad(v, ((0, short), (0, 0))) for k, v in b.items()}
+    out.append({k: v[lo:lo + per] for k, v in b.items()})
+  return out
+
+
+class Validation:
+  """The objective's metrics over fixed held-out batches: `(params, frozen) -> {metric: value}`."""
+
+  def __init__(self, objective: Any, interface: Any, batches: list[dict[str, np.ndarray]], batch_sharding: Any):
+    self.objective, self.batches, self.sharding = objective, batches, batch_sharding
+    self._sums = jax.jit(lambda params, batch, frozen: objective.loss_sums(interface, params, batch, frozen, None))
+
+  def __call__(self, params: Any, frozen: Mapping[str, Any]) -> dict[str, float]:
+    total = None
+    for local in self.batches:
+      sums = self._sums(params, global_batch(local, self.sharding), dict(frozen))
+      total = sums if total is None else jax.tree_util.tree_map(lambda a, b: a + b, total, sums)
+    shape = (len(self.batches[0]["decoder_target_tokens"]) * jax.process_count(),
+             self.batches[0]["decoder_target_tokens"].shape[1])
+    metrics = self.objective.metrics(total, self.objective.normalizer(total, shape))
+    return {k: float(v) for k, v in metrics.items()}
