@@ -8,7 +8,8 @@
   InstructGPT-style reward-model training on every pair of a ranking.
 
 The train and validation splits draw different operands (train: a + b with a even, validation: a odd), so
-validation prompts are never trained on. `proc_pref` mixes the two pair tasks.
+validation prompts are never trained on. `proc_pref` mixes the three pair tasks, `proc_pref_rm` the echo and
+word-limit pairs with the rankings (for a reward model).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def register() -> list[str]:
            for n, make, fmt in (("add", add_pair, "pairs"), ("words", words_pair, "pairs"),
                                 ("echo", echo_pair, "pairs"), ("add_ranked", add_ranking, "ranking"))]
   seqio.MixtureRegistry.remove("proc_pref")
-  seqio.MixtureRegistry.add("proc_pref", [("proc_pref_add", 1.0), ("proc_pref_words", 1.0)])
-  return names + ["proc_pref"]
+  seqio.MixtureRegistry.add("proc_pref", [("proc_pref_add", 1.0), ("proc_pref_words", 1.0), ("proc_pref_echo", 1.0)])
+  seqio.MixtureRegistry.remove("proc_pref_rm")  # the reward model's: pairs and rankings
+  seqio.MixtureRegistry.add("proc_pref_rm", [("proc_pref_echo", 1.0), ("proc_pref_words", 1.0),
+                                             ("proc_pref_add_ranked", 0.25)])
+  return names + ["proc_pref", "proc_pref_rm"]
 
 
 NAMES_REGISTERED = register()

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
 from itjax.core.distributed import sync
 from itjax.errors import UserError
@@ -234,19 +235,36 @@ def checkpoint_step_dir(path: str) -> str:
   return step_dir
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
+def restore_params(path: str, abstract_params: Any, fresh: Any | None = None, heads: tuple[str, ...] = ("score",)
+                   ) -> Any:
   """The params of a checkpoint's train state (MODEL_DIR, .../checkpoints or a step dir: the latest complete
   step), restored onto `abstract_params`' shapes, dtypes and shardings.
 
-  A partial restore: whatever optimizer state the checkpoint holds is not read.
+  A partial restore: whatever optimizer state the checkpoint holds is not read, nor params the target lacks (an
+  LM head under a reward model's score head). With `fresh` (initialized params of the target's structure), new
+  `heads` (top-level params) the checkpoint lacks take their fresh values, and are logged; any other param the
+  checkpoint lacks is an error, as without `fresh`.
   """
   step_dir = checkpoint_step_dir(path)
-  target = {"params": abstract_params}
+  state_dir = os.path.join(step_dir, "state")
+  target_flat = traverse_util.flatten_dict(abstract_params, sep="/")
+  missing: list[str] = []
+  if fresh is not None:
+    meta = ocp.PyTreeCheckpointer().metadata(state_dir)
+    saved = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+    saved_keys = set(traverse_util.flatten_dict(dict(saved.get("params", {})), sep="/"))
+    missing = sorted(k for k in target_flat if k not in saved_keys and k.split("/")[0] in heads)
+  target = {"params": traverse_util.unflatten_dict({k: v for k, v in target_flat.items() if k not in missing},
+                                                   sep="/")}
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   out = ocp.PyTreeCheckpointer().restore(
-      os.path.join(step_dir, "state"),
-      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
-  return out["params"]
+      state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True))
+  if not missing:
+    return out["params"]
+  log.info("initialized fresh (not in %s): %s", step_dir, ", ".join(missing))
+  flat = traverse_util.flatten_dict(out["params"], sep="/")
+  new = traverse_util.flatten_dict(fresh, sep="/")
+  return traverse_util.unflatten_dict({k: flat[k] if k in flat else new[k] for k in target_flat}, sep="/")
 
 
 def read_metadata(step_dir: str) -> dict:

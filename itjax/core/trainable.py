@@ -152,7 +152,7 @@ class FullParams(Trainable):
     if not initial_checkpoint:
       return state
     log.info("fine-tuning from %s", initial_checkpoint)
-    params = restore_params(initial_checkpoint, trees.sharded(state.params, shardings.params))
+    params = restore_params(initial_checkpoint, trees.sharded(state.params, shardings.params), fresh=state.params)
     return state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
 
 

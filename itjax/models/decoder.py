@@ -49,6 +49,9 @@ class DecoderConfig(Numerics):
   scan_layers: bool = False
   max_decode_length: int = 2048
   peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
+  # A reward model (HF's *ForSequenceClassification with one label): a `score` [embed, 1] head in place of the
+  # LM head, so the model's "logits" are one scalar per position [batch, length, 1].
+  score_head: bool = False
 
   def __post_init__(self):
     check_fields(self)
@@ -221,6 +224,10 @@ class Decoder(nn.Module):
         x = layer_cls(cfg, name=f"layers_{i}")(x, segment_ids, positions, decode)
 
     x = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.params_dtype, name="final_norm")(x)
+    if cfg.score_head:
+      score = self.param("score", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", None)),
+                         (cfg.emb_dim, 1), cfg.params_dtype)
+      return x if hidden else jnp.einsum("ble,eo->blo", x, score.astype(cfg.compute_dtype)).astype(jnp.float32)
     if cfg.tie_embeddings:
       weight = embed
     else:

@@ -110,11 +110,21 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> DecoderCon
       norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
       attention_bias=model_type == "qwen2",  # llama biases were refused above; mistral has none
+      score_head=_score_head(hf_config),
   )
   try:
     return dataclasses.replace(cfg, **overrides)
   except TypeError as e:
     raise UserError(f"bad DecoderConfig override: {e}") from None
+
+
+def _score_head(hf_config: Mapping[str, Any]) -> bool:
+  archs = hf_config.get("architectures") or []
+  if any(a.endswith("ForSequenceClassification") for a in archs):
+    if int(hf_config.get("num_labels", len(hf_config.get("id2label") or {0: 0}))) != 1:
+      raise UserError("a *ForSequenceClassification checkpoint must have num_labels=1 (a reward model)")
+    return True
+  return False
 
 
 def config_to_hf(cfg: DecoderConfig, model_type: str = "llama") -> dict[str, Any]:
@@ -153,6 +163,9 @@ def config_to_hf(cfg: DecoderConfig, model_type: str = "llama") -> dict[str, Any
       "initializer_range": 0.02,
       "use_cache": True,
   }
+  if cfg.score_head:  # a reward model: HF pools the score at the last token that is not pad_token_id
+    out.update(architectures=[ARCHITECTURES[model_type].replace("ForCausalLM", "ForSequenceClassification")],
+               num_labels=1, id2label={0: "LABEL_0"}, label2id={"LABEL_0": 0}, pad_token_id=0)
   if model_type == "llama":
     out.update(attention_bias=False, mlp_bias=False)
   elif model_type == "mistral":
@@ -194,7 +207,9 @@ def param_shapes(cfg: DecoderConfig) -> Shapes:
   else:
     for i in range(cfg.num_layers):
       out.update({f"layers_{i}/{name}": shape for name, shape in layer.items()})
-  if not cfg.tie_embeddings:
+  if cfg.score_head:
+    out["score"] = (cfg.emb_dim, 1)
+  elif not cfg.tie_embeddings:
     out["lm_head"] = (cfg.emb_dim, cfg.vocab_size)
   return out
 
@@ -205,7 +220,9 @@ def hf_shapes(cfg: DecoderConfig) -> Shapes:
   out: Shapes = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.emb_dim), "model.norm.weight": (cfg.emb_dim,)}
   for i in range(cfg.num_layers):
     out.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
-  if not cfg.tie_embeddings:
+  if cfg.score_head:
+    out["score.weight"] = (1, cfg.emb_dim)
+  elif not cfg.tie_embeddings:
     out["lm_head.weight"] = (cfg.vocab_size, cfg.emb_dim)
   return out
 
@@ -259,11 +276,14 @@ def params_from_hf(cfg: DecoderConfig, tensors: Mapping[str, np.ndarray]) -> Par
   A tied checkpoint may still carry `lm_head.weight`; it is ignored, as are rotary `inv_freq` buffers.
   """
   get = hf_io.checked_reader(tensors, hf_shapes(cfg), ignored=_IGNORED, dtype=cfg.params_dtype,
-                       tied_head=(cfg.vocab_size, cfg.emb_dim) if cfg.tie_embeddings else None)
+                       tied_head=(cfg.vocab_size, cfg.emb_dim) if cfg.tie_embeddings and not cfg.score_head
+                       else None)
   dtype = np.dtype(cfg.params_dtype)
   flat = {"embedding": np.ascontiguousarray(get("model.embed_tokens.weight")),
           "final_norm/scale": np.ascontiguousarray(get("model.norm.weight"))}
-  if not cfg.tie_embeddings:
+  if cfg.score_head:
+    flat["score"] = np.ascontiguousarray(get("score.weight").T)
+  elif not cfg.tie_embeddings:
     flat["lm_head"] = np.ascontiguousarray(get("lm_head.weight").T)
   if cfg.scan_layers:
     # Fill preallocated [num_layers, ...] arrays so stacking never holds two copies of every layer.
@@ -294,7 +314,9 @@ def params_to_hf(cfg: DecoderConfig, params: Mapping[str, Any]) -> dict[str, np.
     else:
       leaf = lambda name, i=i: np.asarray(flat[f"layers_{i}/{name}"])  # noqa: E731
     out.update(_layer_to_hf(cfg, leaf, f"model.layers.{i}."))
-  if not cfg.tie_embeddings:
+  if cfg.score_head:
+    out["score.weight"] = np.asarray(flat["score"]).T
+  elif not cfg.tie_embeddings:
     out["lm_head.weight"] = np.asarray(flat["lm_head"]).T
   return {name: np.ascontiguousarray(value) for name, value in out.items()}
 
