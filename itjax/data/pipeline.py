@@ -293,6 +293,27 @@ def train_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   return ds.with_options(stream_state.iterator_options()).skip(start_batch).prefetch(4)
 
 
+def validation_rows(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], batch_size: int, *,
+                    split: str, layout: FeatureLayout = PREFIX_LM_LAYOUT, vocabulary: seqio.Vocabulary | None = None,
+                    truncation: str = trunc.KEEP_START) -> tf.data.Dataset:
+  """One pass over `split` of the tasks' examples (in task, then file order), as unpacked rows of a model's
+  features in batches (the last one possibly smaller): what a training objective's held-out metrics read."""
+  tf.config.set_visible_devices([], "GPU")
+  provider = require_task(mixture_or_task_name)
+  tasks = [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+  parts = []
+  for t in tasks:
+    if split not in t.splits:
+      raise UserError(f"task {t.name!r} has no {split!r} split (splits: {', '.join(t.splits)})")
+    t = trunc.with_default(t if vocabulary is None else with_vocabulary(t, vocabulary), truncation)
+    ds = t.get_dataset(layout.task_lengths(task_feature_lengths), split=split, shuffle=False, num_epochs=1)
+    parts.append(ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]}))
+  ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
+  ds = converter_for(layout, False)(ds, dict(task_feature_lengths))
+  keep = [k for k in layout.feature_keys if k in ds.element_spec]
+  return ds.map(lambda ex: {k: ex[k] for k in keep}).batch(batch_size)
+
+
 def numpy_batches(ds: tf.data.Dataset, stats: StreamStats | None = None,
                   side_state: Sequence[SideState] = ()) -> stream_state.ShardStream:
   """The batches as numpy (`stream_state.ShardStream`: its position can be saved and restored); each one delivered

@@ -157,8 +157,9 @@ def train_settings(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str =
     any family's config. A T5 config's dropout_rate applies in training steps (never in evaluation).
   eval_period: evaluate the current params on `eval_mixtures` every this many steps (and at the end),
     into MODEL_DIR/eval/step_<n>/, logging `eval/SET/METRIC` scalars.
-  validation_split: a preference objective's held-out metrics (accuracy, margin, rewards) on this split of the
-    training tasks, at the start, every `eval_period` steps and at the end (`eval/validation/METRIC`).
+  validation_split: the objective's held-out metrics on this split of the training tasks (SFT's loss, DPO's and
+    a reward model's pair accuracy and margin, an RL objective's reward), at the start, every `eval_period`
+    steps and at the end (`eval/validation/METRIC`; itjax.train.validation).
   peft: parameter-efficient tuning (`@lora()`, `@prefix_tuning()`, `@adapters()`; see itjax.peft): only
     the method's variables train and are checkpointed; the frozen base comes from INITIAL_CHECKPOINT_PATH
     (else a seed-`seed` initialization) and each checkpoint records where, for resume, eval and export.

@@ -48,6 +48,10 @@ def train_step(state: TrainState, batch: Batch, frozen: Frozen | None = None, *,
   iface = interface_for(model)
   frozen = dict(frozen or {})
   step_key = None if dropout_seed is None else jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  prepare = getattr(objective, "prepare", None)
+  if prepare is not None:  # an RL objective: rollouts, rewards and advantages from the current policy, no gradient
+    current = state.params if trainable is None else trainable.full_params(state.params, frozen.get("base"))
+    batch = prepare(iface, jax.lax.stop_gradient(current), batch, frozen, state.step)
 
   def grad_sums(params, mb, i):
     rng = None if step_key is None else jax.random.fold_in(step_key, i)

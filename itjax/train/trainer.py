@@ -48,7 +48,7 @@ from itjax.train.build import Built, build
 from itjax.train.loop import Loop, NonFiniteError, Preemption  # noqa: F401  (NonFiniteError: part of the API)
 from itjax.train.settings import StreamSettings, TrainSettings, train_settings
 from itjax.train.summaries import MetricsWriter
-from itjax.train.validation import Validation, check_validation, global_batch, validation_batches
+from itjax.train.validation import Validation, global_batch, validation_batches
 
 log = logging.getLogger("itjax")
 
@@ -266,10 +266,9 @@ def _run(s: TrainSettings, evaluator: EvaluatorFactory | None, evaluate_at_end: 
                 peak_flops=s.peak_flops_per_device or perf.known_peak_flops(jax.devices()[0].device_kind))
     val = None
     if s.validation_split is not None:
-      check_validation(s.validation_split, s.objective, b.interface.features)
       val = Validation(s.objective, b.interface, validation_batches(
           s.mixture_or_task_name, s.task_feature_lengths, s.batch_size, s.validation_split, b.interface.features,
-          vocabulary), b.batch_sharding)
+          vocabulary, s.objective), b.batch_sharding)
       if start == 0:
         _validate(val, b, state, frozen, loop, 0)
     step, state = _steps(s, b, state, frozen, batches, loop, ev, preempt, start, val)
@@ -308,7 +307,7 @@ def _validate(val: Validation, b: Built, state: Any, frozen: dict, loop: Loop, s
   with jax.set_mesh(b.mesh), nn.logical_axis_rules(b.rules):
     m = val(b.trainable.full_params(state.params, frozen.get("base")), frozen)
   loop.write_eval(step, {f"validation/{k}": v for k, v in m.items()}, time.time() - t0)
-  shown = ", ".join(f"{k}={m[k]:.4g}" for k in ("accuracy", "margin", "loss") if k in m)
+  shown = ", ".join(f"{k}={m[k]:.4g}" for k in ("accuracy", "margin", "reward", "kl", "loss") if k in m)
   log.info("validation at step %d (%s): %s", step, b.settings.validation_split, shown)
 
 

@@ -1,9 +1,11 @@
 """Held-out metrics of the training objective: one pass over a split of the training tasks (T5X's train_eval).
 
-For preference objectives this is the held-out preference accuracy, margin and rewards (DPO against its frozen
-reference) on the tasks' `validation_split`, logged as `eval/validation/METRIC` at every `eval_period` and at
-the start and end of a run. Every process reads the whole split (held-out sets are small) and feeds its rows
-of each global batch, so all processes run the same number of batches.
+On the tasks' `validation_split`, at the start, every `eval_period` steps and at the end, logged as
+`eval/validation/METRIC`: the validation loss of SFT, the held-out preference accuracy, margin and rewards of
+DPO (against its frozen reference) and of a reward model, the mean reward of an RL objective's rollouts on the
+held-out prompts (sampled with one fixed key, so the same policy scores the same). Every process reads the
+whole split (held-out sets are small) and feeds its rows of each global batch, so all processes run the same
+number of batches.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
 
+from itjax.data.pipeline import validation_rows
 from itjax.data.preference import preference_dataset
-from itjax.errors import UserError
 from itjax.models.features import PREFERENCE_IDS
 
 
@@ -25,21 +28,19 @@ def global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Arr
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def check_validation(split: str | None, objective: Any, layout: Any) -> None:
-  if split is not None and PREFERENCE_IDS not in objective.features(layout):
-    raise UserError(f"train.validation_split={split!r}: held-out objective metrics are built for preference "
-                    "objectives (train.objective = @dpo(), @simpo(), @orpo()); SFT runs evaluate EVAL_MIXTURES")
-
-
 def validation_batches(name: str, lengths: Mapping[str, int], batch_size: int, split: str, layout: Any,
-                       vocabulary: seqio.Vocabulary) -> list[dict[str, np.ndarray]]:
-  """This process's rows of every global batch of one pass over `split` (the last one zero-padded: padding
-  rows hold no pair, so they add nothing to the sums)."""
+                       vocabulary: seqio.Vocabulary, objective: Any) -> list[dict[str, np.ndarray]]:
+  """This process's rows of every global batch of one pass over `split`: preference rows for objectives on pairs,
+  else unpacked rows (the last batch zero-padded: padding rows hold no pair and no target, so they add nothing to
+  the sums, but an RL objective samples them; its metrics count every row)."""
   per = batch_size // jax.process_count()
   lo = jax.process_index() * per
   out = []
-  for b in preference_dataset(name, lengths, batch_size, seed=None, layout=layout, vocabulary=vocabulary,
-                              split=split):
+  if PREFERENCE_IDS in objective.features(layout):
+    ds = preference_dataset(name, lengths, batch_size, seed=None, layout=layout, vocabulary=vocabulary, split=split)
+  else:
+    ds = validation_rows(name, lengths, batch_size, split=split, layout=layout, vocabulary=vocabulary)
+  for b in ds:
     b = {k: v.numpy() for k, v in b.items()}
     short = batch_size - len(next(iter(b.values())))
     if short:
@@ -53,7 +54,14 @@ class Validation:
 
   def __init__(self, objective: Any, interface: Any, batches: list[dict[str, np.ndarray]], batch_sharding: Any):
     self.objective, self.batches, self.sharding = objective, batches, batch_sharding
-    self._sums = jax.jit(lambda params, batch, frozen: objective.loss_sums(interface, params, batch, frozen, None))
+    prepare = getattr(objective, "prepare", None)
+
+    def sums(params, batch, frozen):
+      if prepare is not None:  # rollouts with one fixed key: the same policy gives the same metrics
+        batch = prepare(interface, params, batch, frozen, jnp.zeros((), jnp.int32))
+      return objective.loss_sums(interface, params, batch, frozen, None)
+
+    self._sums = jax.jit(sums)
 
   def __call__(self, params: Any, frozen: Mapping[str, Any]) -> dict[str, float]:
     total = None

@@ -57,3 +57,23 @@ def test_reward_model_learns_to_rank_held_out_pairs(tmp_path, sft, lr, learns):
     assert acc >= 0.85 and acc > acc0 + 0.2 and margin > 0, (acc0, acc, margin)
   else:
     assert acc == acc0
+
+
+GRPO = ["--gin.train.objective=@grpo()", "--gin.stream_settings.pack=False", "--gin.grpo.group_size=8",
+        "--gin.grpo.max_new_tokens=8", "--gin.BATCH_SIZE=16", "--gin.TRAIN_STEPS=40", "--gin.CHECKPOINT_PERIOD=40",
+        "--gin.train.log_every=1", "--gin.train.validation_split='validation'"]
+
+
+@pytest.mark.parametrize("lr, learns", [(1e-3, True), (0.0, False)])
+def test_grpo_raises_the_mean_reward_within_a_kl_bound(tmp_path, sft, lr, learns):
+  d = tmp_path / "grpo"
+  assert train(d, *TASK, *GRPO, f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", f"--gin.LEARNING_RATE={lr}") == 0
+  m = read_metrics(str(d))
+  assert {"reward", "reward_std", "kl", "entropy", "clip_fraction", "completion_length"} <= set(m[40])
+  # Held-out prompts, each sampled 8 times with one fixed key: the same policy always scores the same.
+  before, after = m[0]["eval/validation/reward"], m[40]["eval/validation/reward"]
+  kl = sum(m[s]["kl"] for s in range(1, 41)) / 40
+  if learns:
+    assert after > before + 0.1 and kl < 0.5 and m[40]["eval/validation/kl"] < 0.5, (before, after, kl)
+  else:
+    assert after == before and kl < 1e-6, (before, after, kl)

@@ -27,6 +27,10 @@ class Objective(Protocol):
     """The length of each batch array at TASK_FEATURE_LENGTHS `feature_lengths`."""
     ...
 
+  # Optional, for objectives that make their own data (RL): `prepare(iface, params, batch, frozen, step) -> batch`
+  # runs before the gradient, on the current policy (e.g. rollouts, rewards, advantages), and its batch is the one
+  # `loss_sums` sees.
+
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:
     """Additive sums over `batch`; `"loss"` is differentiated (then divided by `normalizer`)."""
