@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from itjax.core import mesh as mesh_lib
+from itjax.core import trees
 from itjax.core.checkpoints import restore_params
 from itjax.core.trainable import Trainable, TrainState, trainable_for
 from itjax.errors import UserError
@@ -56,7 +57,14 @@ class Built:
     out = {} if base is None else {"base": base}
     if self._needs_reference(base):
       out["reference"] = self.trainable.abstract_trainable(self.mesh, self.rules)
+    for name, (cfg, _) in self._frozen_models().items():
+      out[name] = trees.abstract_sharded(trees.param_fn(cfg), self.mesh, self.rules)[0]
     return out
+
+  def _frozen_models(self) -> dict[str, tuple[Any, str]]:
+    """Other models an objective reads, frozen (a reward model): {name: (config, checkpoint)}."""
+    models = getattr(self.settings.objective, "frozen_models", None)
+    return models() if models is not None else {}
 
   def load_frozen(self) -> dict[str, Any]:
     """The frozen trees the step reads, sharded on the mesh."""
@@ -66,6 +74,8 @@ class Built:
       # Always the initial checkpoint, also when resuming: the reference policy never moves.
       out["reference"] = restore_params(self._reference_checkpoint(),
                                         self.trainable.abstract_trainable(self.mesh, self.rules))
+    for name, (cfg, checkpoint) in self._frozen_models().items():
+      out[name] = restore_params(checkpoint, trees.abstract_sharded(trees.param_fn(cfg), self.mesh, self.rules)[0])
     return out
 
   def _needs_reference(self, base: Any) -> bool:

@@ -16,7 +16,10 @@ Prompts and reference answers come from the SFT rows of the task (unpacked: `str
 the prompt is BOS + the row's inputs, the answer its targets. Rewards (`reward`):
 
 - "exact_match": 1 when the completion equals the reference answer token for token (EOS included), else 0 —
-  a verifiable reward for tasks with one right answer (sums, copying).
+  a verifiable reward for tasks with one right answer (sums, copying);
+- "model": the score of a reward model (`grpo.reward_model`: its checkpoint, trained with `@reward()`, frozen)
+  for prompt + completion, at the position whose target is the completion's last token (its EOS), as the reward
+  model was trained.
 
 Sampling keys derive from `seed` and the step, so a resumed run draws the same rollouts.
 """
@@ -31,13 +34,15 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from itjax.core.model_dir import load_model_config
 from itjax.errors import UserError, check_int
 from itjax.models import decoding
+from itjax.models.families import interface_for
 from itjax.models.features import PREFIX_LM, FeatureLayout
 from itjax.train.objectives.base import Batch, Sums
 from itjax.train.objectives.preference import token_logps
 
-REWARDS = ("exact_match",)
+REWARDS = ("exact_match", "model")
 
 
 def left_aligned_prompts(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -89,11 +94,11 @@ class GRPO:
   beta: float = 0.04  # KL weight (TRL's and DeepSeekMath's default)
   epsilon: float = 0.2  # ratio clip
   reward: str = "exact_match"
+  reward_model: str | None = None  # reward="model": a reward model's checkpoint (step dir or MODEL_DIR)
   eos_id: int = 1
   seed: int = 0
 
   name: ClassVar[str] = "grpo"
-  frozen_trees: ClassVar[tuple[str, ...]] = ("reference",)
 
   def __post_init__(self):
     check_int("grpo.group_size", self.group_size, 2)
@@ -104,6 +109,23 @@ class GRPO:
       raise UserError(f"grpo.temperature={self.temperature!r} must be > 0 (sampling)")
     if not isinstance(self.beta, (int, float)) or self.beta < 0:
       raise UserError(f"grpo.beta={self.beta!r} must be >= 0")
+    if (self.reward == "model") != (self.reward_model is not None):
+      raise UserError("grpo.reward='model' needs grpo.reward_model (a reward model's checkpoint), and "
+                      "grpo.reward_model applies only with grpo.reward='model'")
+    if self.reward_model is not None:
+      cfg = load_model_config(self.reward_model)
+      if not getattr(cfg, "score_head", False):
+        raise UserError(f"grpo.reward_model={self.reward_model!r} is not a reward model (its config has no "
+                        "score_head; train one with gin_configs/runs/reward.gin)")
+      object.__setattr__(self, "_reward_config", cfg)
+
+  @property
+  def frozen_trees(self) -> tuple[str, ...]:
+    return ("reference", "reward_model") if self.reward == "model" else ("reference",)
+
+  def frozen_models(self) -> dict[str, tuple[Any, str]]:
+    """The frozen reward model the builder loads beside the reference: {name: (config, checkpoint)}."""
+    return {"reward_model": (self._reward_config, self.reward_model)} if self.reward == "model" else {}
 
   def features(self, layout: FeatureLayout) -> tuple[str, ...]:
     if layout.kind != PREFIX_LM:
@@ -128,14 +150,21 @@ class GRPO:
                                        decoding.sampling_chooser(self.temperature), key,
                                        max_new_tokens=self.max_new_tokens, eos_id=self.eos_id)
     keep = completion_mask(completions, self.eos_id)
-    rewards = exact_match(completions, answers, self.eos_id)
     tokens = jnp.concatenate([prompts, completions * keep.astype(completions.dtype)], axis=1)
     seg = jnp.concatenate([mask, keep.astype(jnp.int32)], axis=1)
     rollout = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
                "decoder_segment_ids": seg[:, :-1], "decoder_positions": jnp.maximum(jnp.cumsum(seg, 1) - 1, 0)[:, :-1],
                # the targets that are completion tokens: positions prompt_len-1 .. (shifted by one)
                "decoder_loss_weights": jnp.concatenate([jnp.zeros_like(mask[:, 1:], jnp.float32), keep], axis=1),
-               "rewards": rewards, "advantages": group_advantages(rewards, g)}
+               }
+    if self.reward == "model":
+      w = rollout["decoder_loss_weights"]
+      last = w * (1.0 - jnp.concatenate([w[:, 1:], jnp.zeros_like(w[:, :1])], axis=1))
+      scores = interface_for(self._reward_config).logits(frozen["reward_model"], rollout)[..., 0]
+      rewards = (scores * last).sum(axis=1)
+    else:
+      rewards = exact_match(completions, answers, self.eos_id)
+    rollout.update(rewards=rewards, advantages=group_advantages(rewards, g))
     reference = frozen.get("reference", frozen.get("base"))
     if reference is None:
       raise UserError("grpo needs a reference policy: a frozen 'reference' tree (full fine-tuning from "
