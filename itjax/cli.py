@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
                  "write from the checkpoint of a LoRA / prefix-tuning run")
   c.add_argument("--base_model", default=None, help="with --to_peft: recorded as base_model_name_or_path (e.g. the "
                  "HF directory exported from the base)")
+  r = sub.add_parser("rlhf-report", help="a tuned policy against its SFT start on held-out prompts: win rates by "
+                     "exact match and a reward model, reward and KL over steps")
+  r.add_argument("--sft", required=True, help="the SFT policy (MODEL_DIR or checkpoint)")
+  r.add_argument("--policy", required=True, help="the tuned policy (MODEL_DIR or checkpoint; its metrics.jsonl)")
+  r.add_argument("--task", required=True, help="task or mixture whose prompts and answers to use")
+  r.add_argument("--reward_model", default=None, help="a reward model (MODEL_DIR or checkpoint) to score both")
+  r.add_argument("--split", default="validation")
+  r.add_argument("--inputs_length", type=int, required=True)
+  r.add_argument("--targets_length", type=int, required=True)
+  r.add_argument("--max_new_tokens", type=int, default=16)
+  r.add_argument("--output", required=True, help="folder for rlhf_report.json and rl_curves.png")
+  _tasks_module_flag(r)
   serve_flags.add_parser(sub)
   data_flags.add_parser(sub)
   return parser
@@ -201,7 +213,7 @@ def run(argv: Sequence[str]) -> int:
   bindings, rest = bindings_from_argv(argv)
   args = build_parser().parse_args(rest)
   args.tasks_module = [m for dest in TASKS_MODULE_DESTS for m in getattr(args, dest, None) or []]
-  if bindings and args.command in ("tasks", "convert", "serve", "data"):
+  if bindings and args.command in ("tasks", "convert", "serve", "data", "rlhf-report"):
     raise UserError(f"`itjax {args.command}` takes no --gin. flags")
   if args.tasks_module and args.command in ("convert", "serve"):
     raise UserError(f"`itjax {args.command}` reads no tasks: --tasks_module is for train, eval, tasks and data")
@@ -270,6 +282,14 @@ def run(argv: Sequence[str]) -> int:
     else:
       raise UserError("itjax convert: give --from_hf DIR --output DIR, --to_hf DIR --checkpoint DIR, "
                       "or --to_peft DIR --checkpoint DIR")
+  elif args.command == "rlhf-report":
+    from itjax.eval import rlhf_report
+
+    _load_tasks(args.tasks_module)
+    report = rlhf_report.rlhf_report(sft=args.sft, policy=args.policy, task=args.task, reward_model=args.reward_model,
+                                     split=args.split, max_new_tokens=args.max_new_tokens, output=args.output,
+                                     lengths={"inputs": args.inputs_length, "targets": args.targets_length})
+    print(rlhf_report.report_text(report))
   elif args.command == "serve":
     from itjax.serve import server as serve_cli
 

@@ -8,9 +8,9 @@
   InstructGPT-style reward-model training on every pair of a ranking.
 
 The train and validation splits draw different operands (train: a + b with a even, validation: a odd), so
-validation prompts are never trained on. `proc_pref` mixes the three pair tasks, `proc_pref_rm` the echo and
-word-limit pairs with the rankings (for a reward model), `proc_pref_verifiable` the tasks with one right
-answer (for RL with an exact-match reward).
+validation prompts are never trained on. `proc_pref` mixes the three pair tasks, `proc_pref_rm` the echo
+pairs with the rankings of sums (for a reward model), `proc_pref_verifiable` the tasks with one right answer
+(for RL with an exact-match reward).
 """
 
 from __future__ import annotations
@@ -78,8 +78,7 @@ def register() -> list[str]:
   seqio.MixtureRegistry.remove("proc_pref")
   seqio.MixtureRegistry.add("proc_pref", [("proc_pref_add", 1.0), ("proc_pref_words", 1.0), ("proc_pref_echo", 1.0)])
   seqio.MixtureRegistry.remove("proc_pref_rm")  # the reward model's: pairs and rankings
-  seqio.MixtureRegistry.add("proc_pref_rm", [("proc_pref_echo", 1.0), ("proc_pref_words", 1.0),
-                                             ("proc_pref_add_ranked", 0.25)])
+  seqio.MixtureRegistry.add("proc_pref_rm", [("proc_pref_echo", 1.0), ("proc_pref_add_ranked", 0.25)])
   seqio.MixtureRegistry.remove("proc_pref_verifiable")  # prompts with one right answer (GRPO's exact match)
   seqio.MixtureRegistry.add("proc_pref_verifiable", [("proc_pref_add", 1.0), ("proc_pref_echo", 1.0)])
   return names + ["proc_pref", "proc_pref_rm", "proc_pref_verifiable"]

@@ -79,6 +79,15 @@ def over_steps(summary: Mapping[str, dict], metric: str, checkpoints: Sequence[s
   return _save(fig, ax, f"{metric} (%)", f"{metric} over training", path)
 
 
+def line_plot(lines: Mapping[str, Sequence[float | None]], steps: Sequence[int], path: str, title: str) -> str:
+  """Each named series against the training step (a missing point is a gap)."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, ys in lines.items():
+    ax.plot(list(steps), [y if y is not None else float("nan") for y in ys], label=name)
+  ax.set_xlabel("training step")
+  return _save(fig, ax, "value", title, path)
+
+
 def _save(fig, ax, ylabel: str, title: str, path: str) -> str:
   """Labels, legend and title, then the PNG at `path` (the figure is closed)."""
   ax.set_ylabel(ylabel)

@@ -4,9 +4,12 @@ the reward model (the SFT checkpoint with a fresh score head) the held-out pair 
 reward (exact match, or the reward model's score) within a KL bound; the same runs with a zero learning rate
 (the controls) stay where they started, so the checks bite."""
 
+import json
+
 import pytest
 from train_runs import train
 
+from itjax.cli import main
 from itjax.train.summaries import read_metrics
 
 TASK = ["--gin.MIXTURE_OR_TASK_NAME='proc_pref_echo'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 8}",
@@ -94,3 +97,13 @@ def test_grpo_against_the_reward_model_raises_its_held_out_reward(tmp_path, sft,
   m = read_metrics(str(d))
   before, after = m[0]["eval/validation/reward"], m[40]["eval/validation/reward"]
   assert after > before + 0.5 and m[40]["eval/validation/kl"] < 0.5, (before, after)
+  # The report: the tuned policy against its SFT start on the held-out prompts, by exact match and the reward model.
+  out = tmp_path / "report"
+  assert main(["rlhf-report", "--sft", str(sft), "--policy", str(d), "--reward_model", str(rm), "--task",
+               "proc_pref_echo", "--inputs_length", "24", "--targets_length", "8", "--max_new_tokens", "8",
+               "--output", str(out)]) == 0
+  report = json.loads((out / "rlhf_report.json").read_text())
+  assert report["prompts"] == 64 and (out / "rl_curves.png").stat().st_size > 0
+  assert report["win_rate_reward_model"] > 0.5  # greedy completions of the tuned policy score higher
+  assert report["reward_model_accuracy"]["end"] >= 0.85
+  assert report["curves"]["step"] == list(range(1, 41))
