@@ -30,7 +30,7 @@ from itjax.eval import infer, settings  # noqa: F401
 from itjax.models.families import families
 from itjax.train import optim  # noqa: F401
 from itjax.train import settings as train_settings  # noqa: F401
-from itjax.train.objectives import cross_entropy, grpo, preference, reward  # noqa: F401
+from itjax.train.objectives import cross_entropy, grpo, ppo, preference, reward  # noqa: F401
 
 CONFIG_GIN = "config.gin"  # a run's operative config, in its MODEL_DIR
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -235,8 +235,8 @@ def checkpoint_step_dir(path: str) -> str:
   return step_dir
 
 
-def restore_params(path: str, abstract_params: Any, fresh: Any | None = None, heads: tuple[str, ...] = ("score",)
-                   ) -> Any:
+def restore_params(path: str, abstract_params: Any, fresh: Any | None = None,
+                   heads: tuple[str, ...] = ("score", "value")) -> Any:
   """The params of a checkpoint's train state (MODEL_DIR, .../checkpoints or a step dir: the latest complete
   step), restored onto `abstract_params`' shapes, dtypes and shardings.
 

@@ -25,8 +25,8 @@ from itjax.data.pipeline import validation_rows
 from itjax.data.vocab import load_vocabulary
 from itjax.errors import UserError
 from itjax.eval import figures
-from itjax.train.objectives.grpo import completion_mask, exact_match
 from itjax.train.objectives.reward import last_positions
+from itjax.train.objectives.rollouts import completion_mask, exact_match
 from itjax.train.summaries import read_metrics
 
 

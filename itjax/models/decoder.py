@@ -52,6 +52,9 @@ class DecoderConfig(Numerics):
   # A reward model (HF's *ForSequenceClassification with one label): a `score` [embed, 1] head in place of the
   # LM head, so the model's "logits" are one scalar per position [batch, length, 1].
   score_head: bool = False
+  # PPO's critic: a `value` [embed, 1] head beside the LM head (the policy's logits are unchanged; the objective
+  # reads the head's values from the final states).
+  value_head: bool = False
 
   def __post_init__(self):
     check_fields(self)
@@ -228,6 +231,9 @@ class Decoder(nn.Module):
       score = self.param("score", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", None)),
                          (cfg.emb_dim, 1), cfg.params_dtype)
       return x if hidden else jnp.einsum("ble,eo->blo", x, score.astype(cfg.compute_dtype)).astype(jnp.float32)
+    if cfg.value_head:
+      self.param("value", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed", None)),
+                 (cfg.emb_dim, 1), cfg.params_dtype)
     if cfg.tie_embeddings:
       weight = embed
     else:

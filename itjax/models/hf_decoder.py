@@ -304,6 +304,8 @@ def params_from_hf(cfg: DecoderConfig, tensors: Mapping[str, np.ndarray]) -> Par
 def params_to_hf(cfg: DecoderConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """HF tensors (contiguous numpy, dtype of the params) from itjax params; UserError lists every mismatch."""
   flat = hf_io.flatten(nn.meta.unbox(dict(params)))
+  if cfg.value_head:  # PPO's critic head is not part of the exported causal LM
+    flat = {k: v for k, v in flat.items() if k != "value"}
   hf_io.check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
   flat = jax.device_get(flat)
   out = {"model.embed_tokens.weight": np.asarray(flat["embedding"]),

@@ -107,3 +107,24 @@ def test_grpo_against_the_reward_model_raises_its_held_out_reward(tmp_path, sft,
   assert report["win_rate_reward_model"] > 0.5  # greedy completions of the tuned policy score higher
   assert report["reward_model_accuracy"]["end"] >= 0.85
   assert report["curves"]["step"] == list(range(1, 41))
+
+
+PPO = ["--gin.train.objective=@ppo()", "--gin.DecoderConfig.value_head=True", "--gin.stream_settings.pack=False",
+       "--gin.ppo.max_new_tokens=8", "--gin.BATCH_SIZE=64", "--gin.TRAIN_STEPS=40", "--gin.CHECKPOINT_PERIOD=40",
+       "--gin.train.log_every=1", "--gin.train.validation_split='validation'"]
+
+
+@pytest.mark.parametrize("lr, learns", [(1e-3, True), (0.0, False)])
+def test_ppo_raises_the_mean_reward_and_fits_its_value_head(tmp_path, sft, lr, learns):
+  d = tmp_path / "ppo"
+  assert train(d, *TASK, *PPO, f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", f"--gin.LEARNING_RATE={lr}",
+               "--gin.ppo.ptx_coef=0.1") == 0
+  m = read_metrics(str(d))
+  assert {"reward", "kl", "value_loss", "entropy", "clip_fraction", "value_clip_fraction", "ptx_loss"} <= set(m[40])
+  before, after = m[0]["eval/validation/reward"], m[40]["eval/validation/reward"]
+  value_loss = [m[s]["value_loss"] for s in range(1, 41)]
+  if learns:
+    assert after > before + 0.1 and m[40]["eval/validation/kl"] < 2.0, (before, after)
+    assert sum(value_loss[-10:]) < sum(value_loss[:10])  # the critic learns the returns
+  else:
+    assert after == before

@@ -9,5 +9,6 @@ periodic evaluation of SFT. Choose one in gin with `train.objective = @sft()`:
 - `sft` (`cross_entropy`): supervised token cross-entropy;
 - `dpo` / `simpo` / `orpo` (`preference`): direct preference optimization on (chosen, rejected) pairs;
 - `reward` (`reward`): a reward model's pairwise ranking loss (a decoder with `score_head`);
-- `grpo` (`grpo`): RL from rewards with group-relative advantages, rollouts sampled inside the step.
+- `grpo` (`grpo`): RL from rewards with group-relative advantages, rollouts sampled inside the step;
+- `ppo` (`ppo`): PPO(-ptx) with a value head and GAE, InstructGPT's per-token KL penalty in the reward.
 """
