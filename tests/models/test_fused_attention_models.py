@@ -120,6 +120,7 @@ def test_blockwise_steps_never_hold_length_by_length_arrays(family):
   assert (length, length) in step_shapes("xla")
 
 
+@pytest.mark.slow  # ~30 s; tpu_fits.py compiles the same path for Flan-T5-XXL
 def test_t5_dropout_keeps_the_fused_path_only_without_attention_dropout():
   """Training with dropout: HF's attention-probability dropout needs the dense scores; attention_dropout_rate=0.0
   keeps the blockwise kernel (residual and MLP dropout still act: the loss differs from no dropout at all)."""

@@ -63,6 +63,7 @@ def test_reward_model_learns_to_rank_held_out_pairs(reward_model):
   assert pairs == 64 and acc >= 0.85 and acc > acc0 + 0.2 and margin > 0, (acc0, acc, margin)
 
 
+@pytest.mark.slow
 def test_reward_model_control_stays(tmp_path, sft):
   d = tmp_path / "rm0"
   assert train(d, *TASK, *RM, f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", "--gin.LEARNING_RATE=0.0") == 0
@@ -74,6 +75,9 @@ GRPO = ["--gin.train.objective=@grpo()", "--gin.stream_settings.pack=False", "--
         "--gin.train.log_every=1", "--gin.train.validation_split='validation'"]
 
 
+# The zero-LR controls of GRPO, PPO and the reward model run with the slow tests (DPO's runs here); GRPO's
+# learning check here is against the reward model (below), exact-match rewards are PPO's.
+@pytest.mark.slow
 @pytest.mark.parametrize("lr, learns", [(1e-3, True), (0.0, False)])
 def test_grpo_raises_the_mean_reward_within_a_kl_bound(tmp_path, sft, lr, learns):
   d = tmp_path / "grpo"
@@ -114,7 +118,7 @@ PPO = ["--gin.train.objective=@ppo()", "--gin.DecoderConfig.value_head=True", "-
        "--gin.train.log_every=1", "--gin.train.validation_split='validation'"]
 
 
-@pytest.mark.parametrize("lr, learns", [(1e-3, True), (0.0, False)])
+@pytest.mark.parametrize("lr, learns", [(1e-3, True), pytest.param(0.0, False, marks=pytest.mark.slow)])
 def test_ppo_raises_the_mean_reward_and_fits_its_value_head(tmp_path, sft, lr, learns):
   d = tmp_path / "ppo"
   assert train(d, *TASK, *PPO, f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", f"--gin.LEARNING_RATE={lr}",
