@@ -7,6 +7,7 @@ import json
 import seqio
 
 from itjax.data import quality
+from itjax.data.preference import PreferenceTask, prompt_text
 from itjax.data.registry import EVAL_SPLITS, leaf_tasks, require_task
 from itjax.data.tasks import task_info
 from itjax.errors import UserError
@@ -40,6 +41,13 @@ def show_text(name: str, n: int = 3, split: str = "validation") -> str:
     lines.append(f"  dataset={info.dataset} clusters={','.join(info.clusters)} variant={info.variant} "
                  f"templates={info.num_templates} options={info.has_options}")
   lines.append(f"  splits: {', '.join(obj.splits)}")
+  if isinstance(obj, PreferenceTask):  # its pairs, as a preference objective reads them
+    rows = obj.preference.rows(split)
+    lines.append(f"  preference rows: {len(rows)} in {split}, {sum(len(r.pairs()) for r in rows)} pairs")
+    for i, r in enumerate(rows[:n]):
+      lines += [f"--- row {i} ---", prompt_text(r.prompt, obj.template).rstrip("\n")]
+      lines += [f"  rank {rank}: {text}" for rank, text in sorted(zip(r.ranks, r.responses, strict=True))]
+    return "\n".join(lines)
   ds = obj.get_dataset(None, split=split, shuffle=False, use_cached=False).take(n)
   for i, ex in enumerate(ds.as_numpy_iterator()):
     tid = ex.get("template_id", "")

@@ -177,6 +177,13 @@ def test_non_preference_task_is_a_clear_error():
     pref.preference_dataset("proc_add_zs_noopt", LENGTHS, 2, seed=0, layout=PREFIX_LM_LAYOUT)
 
 
+def test_tasks_show_lists_ranked_responses():
+  from itjax.data.inspect_tasks import show_text
+  _register("test_pref_show", {"validation": [pref.PreferenceRow("q?", ("b", "a", "c"), (2, 1, 3))]})
+  text = show_text("test_pref_show", 1, "validation")
+  assert "1 in validation, 3 pairs" in text and text.index("rank 1: a") < text.index("rank 2: b") < text.index("rank 3")
+
+
 def test_sft_reads_a_preference_task_as_prompt_and_best_response():
   _register("test_pref_sft", {"train": [pref.PreferenceRow("q", ("worse", "best"), (2, 1))]})
   ex = next(iter(seqio.get_mixture_or_task("test_pref_sft").get_dataset(LENGTHS, "train", shuffle=False)))
