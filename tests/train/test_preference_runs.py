@@ -46,6 +46,16 @@ def test_dpo_raises_held_out_preference_accuracy(tmp_path, sft, lr, learns):
     assert acc == 0.0 and abs(margin) < 1e-6
 
 
+def test_dpo_with_lora_uses_the_frozen_base_as_its_reference(tmp_path, sft):
+  d = tmp_path / "dpo_lora"  # no reference copy: the base without the adapters is the reference
+  assert train(d, *TASK, *DPO, f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", "--gin.train.peft=@lora()",
+               "--gin.LEARNING_RATE=1e-2", "--gin.TRAIN_STEPS=20", "--gin.CHECKPOINT_PERIOD=20") == 0
+  acc0, margin0, _ = _validation(d, 0)
+  acc, margin, _ = _validation(d, 20)
+  assert (acc0, margin0) == (0.0, 0.0) and acc >= 0.7 and margin > 0, (acc, margin)
+  assert "PEFT (lora)" in (d / "model-info.txt").read_text()
+
+
 RM = ["--gin.train.objective=@reward()", "--gin.DecoderConfig.score_head=True",
       "--gin.train.validation_split='validation'", "--gin.TRAIN_STEPS=60", "--gin.CHECKPOINT_PERIOD=60"]
 
