@@ -37,7 +37,8 @@ def train_step(state: TrainState, batch: Batch, frozen: Frozen | None = None, *,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                objective: Objective = SFT, trainable: Trainable | None = None, num_microbatches: int = 1,
                dropout_seed: int | None = None) -> tuple[TrainState, dict]:
-  """One optimizer update on `objective`'s normalized loss over the whole batch.
+  """One optimizer update on `objective`'s normalized loss over the whole batch (an objective with
+  `updates_per_batch` > 1, PPO's epochs, makes that many on the batch it prepared; metrics are the last one's).
 
   model: the model interface (or a config / module of any family). trainable: the strategy that
   turns `state.params` and `frozen["base"]` into the params the model applies (None: the state
@@ -53,8 +54,8 @@ def train_step(state: TrainState, batch: Batch, frozen: Frozen | None = None, *,
     current = state.params if trainable is None else trainable.full_params(state.params, frozen.get("base"))
     batch = prepare(iface, jax.lax.stop_gradient(current), batch, frozen, state.step)
 
-  def grad_sums(params, mb, i):
-    rng = None if step_key is None else jax.random.fold_in(step_key, i)
+  def grad_sums(params, mb, i, key):
+    rng = None if key is None else jax.random.fold_in(key, i)
 
     def f(p):
       full = p if trainable is None else trainable.full_params(p, frozen.get("base"))
@@ -62,28 +63,38 @@ def train_step(state: TrainState, batch: Batch, frozen: Frozen | None = None, *,
       return sums["loss"], sums
     return jax.grad(f, has_aux=True)(params)
 
-  if num_microbatches == 1:
-    grads, sums = grad_sums(state.params, batch, 0)
-  else:
-    micro = jax.tree_util.tree_map(
-        lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch)
+  def update(params, opt_state, key):
+    if num_microbatches == 1:
+      grads, sums = grad_sums(params, batch, 0, key)
+    else:
+      micro = jax.tree_util.tree_map(
+          lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch)
 
-    def body(carry, xs):
-      mb, i = xs
-      g, s = grad_sums(state.params, mb, i)
-      return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
+      def body(carry, xs):
+        mb, i = xs
+        g, s = grad_sums(params, mb, i, key)
+        return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
 
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
-        grad_sums, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), 0))
-    (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+          grad_sums, params, jax.tree_util.tree_map(lambda x: x[0], micro), 0, key))
+      (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num_microbatches)))
+    denom = objective.normalizer(sums, batch["decoder_target_tokens"].shape)
+    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, grads, sums, denom
 
-  denom = objective.normalizer(sums, batch["decoder_target_tokens"].shape)
-  grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  # PPO's epochs: several optimizer updates on one prepared (rollout) batch; one for every other objective.
+  params, opt_state, finite = state.params, state.opt_state, jnp.asarray(True)
+  epochs = getattr(objective, "updates_per_batch", 1)
+  for epoch in range(epochs):
+    key = step_key if step_key is None or epoch == 0 else jax.random.fold_in(step_key, 1_000_003 + epoch)
+    params, opt_state, grads, sums, denom = update(params, opt_state, key)
+    if epoch < epochs - 1:
+      finite &= jnp.isfinite(sums["loss"])
   grad_norm = optax.global_norm(grads)
   metrics = {**objective.metrics(sums, denom), "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-             "finite": jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))}
+             "finite": finite & jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
+             & all_finite((params, opt_state))}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

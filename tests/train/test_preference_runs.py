@@ -132,7 +132,7 @@ PPO = ["--gin.train.objective=@ppo()", "--gin.DecoderConfig.value_head=True", "-
 def test_ppo_raises_the_mean_reward_and_fits_its_value_head(tmp_path, sft, lr, learns):
   d = tmp_path / "ppo"
   assert train(d, *TASK, *PPO, f"--gin.INITIAL_CHECKPOINT_PATH='{sft}'", f"--gin.LEARNING_RATE={lr}",
-               "--gin.ppo.ptx_coef=0.1") == 0
+               "--gin.ppo.ptx_coef=0.1", "--gin.ppo.epochs=2") == 0
   m = read_metrics(str(d))
   assert {"reward", "kl", "value_loss", "entropy", "clip_fraction", "value_clip_fraction", "ptx_loss"} <= set(m[40])
   before, after = m[0]["eval/validation/reward"], m[40]["eval/validation/reward"]
@@ -140,5 +140,6 @@ def test_ppo_raises_the_mean_reward_and_fits_its_value_head(tmp_path, sft, lr, l
   if learns:
     assert after > before + 0.1 and m[40]["eval/validation/kl"] < 2.0, (before, after)
     assert sum(value_loss[-10:]) < sum(value_loss[:10])  # the critic learns the returns
+    assert max(m[s]["clip_fraction"] for s in range(1, 41)) > 0  # the second epoch's ratio moves: the clip acts
   else:
     assert after == before

@@ -12,9 +12,10 @@ completion tokens):
     + vf_coef * 1/2 max((V - R)^2, (clip(V, V_old - value_epsilon, V_old + value_epsilon) - R)^2)
 
 plus `ptx_coef` times the SFT cross-entropy of the batch's own (prompt, answer) rows (PPO-ptx: InstructGPT mixes
-in the pretraining objective; here the task's demonstrations). One optimizer update per rollout, so the ratio
-is 1 at the update and clipping is inactive (the clip fraction logs 0); several PPO epochs per rollout are not
-built. Sampling keys derive from `seed` and the step, so a resumed run draws the same rollouts.
+in the pretraining objective; here the task's demonstrations). `epochs` optimizer updates per rollout (the
+train step makes them on the batch it prepared): from the second on, the ratio to the rollout policy moves and
+the clips act (the clip fractions are the last update's). Sampling keys derive from `seed` and the step, so a
+resumed run draws the same rollouts.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class PPO:
   value_epsilon: float = 0.2
   vf_coef: float = 0.1
   ptx_coef: float = 0.0  # PPO-ptx: > 0 adds the SFT loss of the batch's demonstrations
+  epochs: int = 1  # optimizer updates per rollout (TRL's num_ppo_epochs); > 1 makes the ratio and clips act
   reward: str = "exact_match"
   reward_model: str | None = None
   eos_id: int = 1
@@ -88,8 +90,13 @@ class PPO:
 
   name: ClassVar[str] = "ppo"
 
+  @property
+  def updates_per_batch(self) -> int:
+    return self.epochs
+
   def __post_init__(self):
     check_int("ppo.max_new_tokens", self.max_new_tokens, 1)
+    check_int("ppo.epochs", self.epochs, 1)
     for field in ("kl_coef", "vf_coef", "ptx_coef", "epsilon", "value_epsilon"):
       v = getattr(self, field)
       if not isinstance(v, (int, float)) or v < 0:
