@@ -21,7 +21,8 @@ of the rows drawn from the seed and e), so its state is a counter and resume is 
 becomes its pairs, consecutively: a prompt's pairs land in the same or the next packed rows, so in one batch
 but for the batch's edge. A pair is packed as one unit (`itjax.data.packing`, best fit) into rows twice as
 long as SFT's (`itjax.models.features.preference_lengths`): chosen and rejected are two segments (ids 2k+1,
-2k+2, which `preference_ids` repeats), so they never attend to each other.
+2k+2, which `preference_ids` repeats), so they never attend to each other. For an encoder-decoder the prompt +
+EOS is the encoder's, once per side with the same ids, and the decoder's sequences are the responses alone.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from itjax.data.stream_stats import StreamStats
 from itjax.data.tasks import TRAIN_SPLIT, output_features
 from itjax.data.vocab import REGISTERED
 from itjax.errors import UserError
-from itjax.models.features import PREFERENCE_IDS, PREFIX_LM, FeatureLayout, preference_lengths
+from itjax.models.features import ENC_DEC, PREFERENCE_IDS, FeatureLayout, preference_lengths
 
 log = logging.getLogger("itjax")
 
@@ -60,6 +61,7 @@ BAD_RANKING = "bad_ranking"
 PROMPT_TEMPLATE = tmpl.Template("{instruction}")
 _FIELDS = dict.fromkeys(jsonl.FIELDS, "")
 _UNIT = ("inputs", "targets", "weights", "side", "pos")  # per-token arrays of one pair (both sequences)
+_ENC = ("enc_inputs", "enc_side", "enc_pos")  # an encoder-decoder's: the prompt (+ EOS) once per side
 
 Prompt = str | tuple[tuple[str, str], ...]  # text, or (role, content) chat turns ending with the user's
 
@@ -251,21 +253,31 @@ def prompt_ids(prompt: Prompt, template: tmpl.Template, vocab: seqio.Vocabulary)
   return chat_tokens(list(prompt), lambda s: list(vocab.encode(s)), vocab.eos_id)
 
 
-def pair_unit(prompt: list[int], chosen: list[int], rejected: list[int], lengths: Mapping[str, int], eos: int
-              ) -> tuple[dict[str, np.ndarray], tuple[int, int, int]]:
+def pair_unit(prompt: list[int], chosen: list[int], rejected: list[int], lengths: Mapping[str, int], eos: int,
+              enc_eos: int | None = None) -> tuple[dict[str, np.ndarray], tuple[int, int, int]]:
   """The per-token arrays of one pair (chosen sequence, then rejected) and (prompt cut, a response cut, the
-  responses equal once cut: nothing left to prefer)."""
-  prompt_cut = len(prompt) > lengths["inputs"]
-  prompt = prompt[len(prompt) - lengths["inputs"]:] if prompt_cut else prompt
+  responses equal once cut: nothing left to prefer). With `enc_eos` (an encoder-decoder), the prompt + EOS is
+  the encoder's, once per side, and the decoder's sequences are the responses alone."""
+  room = lengths["inputs"] - (enc_eos is not None)
+  prompt_cut = len(prompt) > room
+  prompt = prompt[len(prompt) - room:] if prompt_cut else prompt
   cap = lengths["targets"]
   response_cut = max(len(chosen), len(rejected)) > cap
-  parts = {k: [] for k in _UNIT}
+  parts = {k: [] for k in _UNIT + (_ENC if enc_eos is not None else ())}
   chosen, rejected = (r[:cap - 1] + [eos] if len(r) > cap else r for r in (chosen, rejected))
   for side, response in ((1, chosen), (2, rejected)):
-    seq = prompt + response
+    if enc_eos is not None:
+      enc = prompt + [enc_eos]
+      parts["enc_inputs"].append(enc)
+      parts["enc_side"].append([side] * len(enc))
+      parts["enc_pos"].append(list(range(len(enc))))
+      prompt_part = []
+    else:
+      prompt_part = prompt
+    seq = prompt_part + response
     parts["targets"].append(seq)
     parts["inputs"].append([0] + seq[:-1])  # seqio's autoregressive inputs: 0 first
-    parts["weights"].append([0] * len(prompt) + [1] * len(response))
+    parts["weights"].append([0] * len(prompt_part) + [1] * len(response))
     parts["side"].append([side] * len(seq))
     parts["pos"].append(list(range(len(seq))))
   return ({k: np.concatenate(v).astype(np.int32) for k, v in parts.items()},
@@ -281,8 +293,9 @@ class _ShardRows:
   perm(seed, p // n)[p % n]."""
 
   def __init__(self, rows: Sequence[PreferenceRow], template: tmpl.Template, vocab: seqio.Vocabulary,
-               lengths: Mapping[str, int], seed: int | None):
+               lengths: Mapping[str, int], seed: int | None, enc_eos: int | None = None):
     self.rows, self.template, self.vocab, self.lengths, self.seed = rows, template, vocab, lengths, seed
+    self.enc_eos = enc_eos
     self._perm: tuple[int, np.ndarray] | None = None
 
   def row(self, p: int) -> PreferenceRow:
@@ -300,33 +313,47 @@ class _ShardRows:
       row = self.row(p)
       prompt = prompt_ids(row.prompt, self.template, self.vocab)
       responses = [list(self.vocab.encode(r)) + [self.vocab.eos_id] for r in row.responses]
-      units = [pair_unit(prompt, responses[i], responses[j], self.lengths, self.vocab.eos_id) for i, j in row.pairs()]
-      out.append(({k: np.concatenate([u[k] for u, _ in units]) for k in _UNIT},
-                  np.array([len(u["targets"]) for u, _ in units], np.int32), np.array([c for _, c in units], np.int32)))
-    width = max(len(u["targets"]) for u, _, _ in out)
-    pairs = max(len(n) for _, n, _ in out)
-    cols = {k: np.stack([np.pad(u[k], (0, width - len(u[k]))) for u, _, _ in out]) for k in _UNIT}
-    cols["total"] = np.array([len(u["targets"]) for u, _, _ in out], np.int32)
-    cols["unit_lengths"] = np.stack([np.pad(n, (0, pairs - len(n))) for _, n, _ in out])
-    cols["cuts"] = np.stack([np.pad(c.reshape(-1, 3), ((0, pairs - len(c)), (0, 0))) for _, _, c in out])
-    cols["units"] = np.array([len(n) for _, n, _ in out], np.int32)
+      units = [pair_unit(prompt, responses[i], responses[j], self.lengths, self.vocab.eos_id, self.enc_eos)
+               for i, j in row.pairs()]
+      out.append(({k: np.concatenate([u[k] for u, _ in units]) for k in units[0][0]},
+                  np.array([len(u["targets"]) for u, _ in units], np.int32), np.array([c for _, c in units], np.int32),
+                  np.array([len(u.get("enc_inputs", ())) for u, _ in units], np.int32)))
+    pairs = max(len(n) for _, n, _, _ in out)
+    cols = {}
+    groups = [(_UNIT, "targets", "")] + ([(_ENC, "enc_inputs", "enc_")] if self.enc_eos is not None else [])
+    for keys, lead, suffix in groups:
+      width = max(len(u[lead]) for u, _, _, _ in out)
+      cols.update({k: np.stack([np.pad(u[k], (0, width - len(u[k]))) for u, _, _, _ in out]) for k in keys})
+      cols[suffix + "total"] = np.array([len(u[lead]) for u, _, _, _ in out], np.int32)
+      at = 1 if not suffix else 3
+      cols[suffix + "unit_lengths"] = np.stack([np.pad(r[at], (0, pairs - len(r[at]))) for r in out])
+    cols["cuts"] = np.stack([np.pad(c.reshape(-1, 3), ((0, pairs - len(c)), (0, 0))) for _, _, c, _ in out])
+    cols["units"] = np.array([len(n) for _, n, _, _ in out], np.int32)
     return cols
 
 
-_SPEC = {**{k: tf.TensorSpec([None], tf.int32) for k in _UNIT}, "total": tf.TensorSpec([], tf.int32),
-         "unit_lengths": tf.TensorSpec([None], tf.int32), "cuts": tf.TensorSpec([None, 3], tf.int32),
-         "units": tf.TensorSpec([], tf.int32)}
+def _spec(enc: bool) -> dict[str, tf.TensorSpec]:
+  groups = ("",) + (("enc_",) if enc else ())
+  spec = {k: tf.TensorSpec([None], tf.int32) for k in _UNIT + (_ENC if enc else ())}
+  for g in groups:
+    spec.update({g + "total": tf.TensorSpec([], tf.int32), g + "unit_lengths": tf.TensorSpec([None], tf.int32)})
+  return {**spec, "cuts": tf.TensorSpec([None, 3], tf.int32), "units": tf.TensorSpec([], tf.int32)}
 
 
 def _units(ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
-  """One row's pair units, in order."""
+  """One row's pair units, in order (the decoder's and, for an encoder-decoder, the encoder's arrays)."""
   lens = ex["unit_lengths"][:ex["units"]]
-  starts = tf.cumsum(lens, exclusive=True)
+  enc = "enc_unit_lengths" in ex
+  enc_lens = ex["enc_unit_lengths"][:ex["units"]] if enc else lens
 
-  def unit(start, n, cuts):
-    return {**{k: ex[k][start:start + n] for k in _UNIT}, "cuts": cuts}
+  def unit(start, n, enc_start, enc_n, cuts):
+    out = {k: ex[k][start:start + n] for k in _UNIT}
+    if enc:
+      out.update({k: ex[k][enc_start:enc_start + enc_n] for k in _ENC})
+    return {**out, "cuts": cuts}
 
-  return tf.data.Dataset.from_tensor_slices((starts, lens, ex["cuts"][:ex["units"]])).map(unit)
+  return tf.data.Dataset.from_tensor_slices((tf.cumsum(lens, exclusive=True), lens, tf.cumsum(enc_lens, exclusive=True),
+                                             enc_lens, ex["cuts"][:ex["units"]])).map(unit)
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------
@@ -392,10 +419,8 @@ def preference_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[
                        split: str = TRAIN_SPLIT) -> tf.data.Dataset:
   """This shard's infinite stream of preference batches ([batch_size, `preference_lengths`] arrays); with
   `seed=None`, one pass over `split` in file order instead, its last batch possibly smaller (evaluation)."""
-  if layout.kind != PREFIX_LM:
-    raise UserError("preference training is built for decoder-only models; an encoder-decoder's preference "
-                    "rows are not laid out yet")
   vocab = vocabulary or REGISTERED
+  enc_eos = layout.inputs_eos_id if layout.kind == ENC_DEC else None
   tasks, rates = preference_tasks(mixture_or_task_name)
   stats = stats if stats is not None else StreamStats()
   lengths = {k: int(task_feature_lengths[k]) for k in ("inputs", "targets")}
@@ -406,8 +431,9 @@ def preference_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[
     rows = task.preference.rows(split)[shard_index::num_shards]
     if not rows:
       raise UserError(f"task {task.name!r}: no {split} rows for data shard {shard_index} of {num_shards}")
-    shard = _ShardRows(rows, task.template, vocab, lengths, None if seed is None else seed + 7919 * i)
-    parts.append(row_index.indexed_dataset(None if seed is not None else len(rows), shard.columns, _SPEC))
+    shard = _ShardRows(rows, task.template, vocab, lengths, None if seed is None else seed + 7919 * i, enc_eos)
+    parts.append(row_index.indexed_dataset(None if seed is not None else len(rows), shard.columns,
+                                           _spec(enc_eos is not None)))
   if seed is None:
     ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
   else:
@@ -419,14 +445,22 @@ def preference_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[
                                     "preference_responses_truncated": u["cuts"][1],
                                     "preference_pairs_tied": u["cuts"][2]})
   ds = ds.filter(lambda u: tf.equal(u["cuts"][2], 0))
-  row = preference_lengths(layout, lengths)["decoder_target_tokens"]
-  ds = pack_dataset(ds, dict.fromkeys(_UNIT, row), stats=stats.packing)
+  rows_len = preference_lengths(layout, lengths)
+  packed = dict.fromkeys(_UNIT, rows_len["decoder_target_tokens"])
+  if enc_eos is not None:
+    packed.update(dict.fromkeys(_ENC, rows_len["encoder_input_tokens"]))
+  ds = pack_dataset(ds, packed, stats=stats.packing)
 
   def features(ex):
     seg = ex["targets_segment_ids"]
     ids = tf.where(seg > 0, 2 * (seg - 1) + ex["side"], 0)
-    return {"decoder_input_tokens": ex["inputs"], "decoder_target_tokens": ex["targets"],
-            "decoder_loss_weights": ex["weights"], "decoder_segment_ids": ids, "decoder_positions": ex["pos"],
-            PREFERENCE_IDS: ids}
+    out = {"decoder_input_tokens": ex["inputs"], "decoder_target_tokens": ex["targets"],
+           "decoder_loss_weights": ex["weights"], "decoder_segment_ids": ids, "decoder_positions": ex["pos"],
+           PREFERENCE_IDS: ids}
+    if enc_eos is not None:  # the same pair ids on the encoder: each decoder sequence reads its own prompt copy
+      eseg = ex["enc_inputs_segment_ids"]
+      out.update(encoder_input_tokens=ex["enc_inputs"], encoder_positions=ex["enc_pos"],
+                 encoder_segment_ids=tf.where(eseg > 0, 2 * (eseg - 1) + ex["enc_side"], 0))
+    return out
 
   return ds.map(features, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=seed is not None)

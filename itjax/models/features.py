@@ -64,8 +64,7 @@ PREFIX_LM_LAYOUT = FeatureLayout(PREFIX_LM)
 
 def preference_lengths(layout: FeatureLayout, feature_lengths: Mapping[str, int]) -> dict[str, int]:
   """Array lengths of a preference batch (`itjax.data.preference`): a row holds whole pairs, each sequence at the
-  SFT lengths (prompt <= inputs, response <= targets), so it is twice an SFT row; always packed."""
-  if layout.kind != PREFIX_LM:
-    raise ValueError("preference rows are laid out for decoder-only models (prefix_lm)")
+  SFT lengths (prompt <= inputs, response <= targets), so it is twice an SFT row (an encoder-decoder's encoder
+  and decoder rows both twice theirs); always packed."""
   lengths = layout.model_lengths({k: 2 * v for k, v in feature_lengths.items()}, pack=True)
   return {**lengths, PREFERENCE_IDS: lengths["decoder_target_tokens"]}

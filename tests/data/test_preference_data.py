@@ -188,3 +188,23 @@ def test_sft_reads_a_preference_task_as_prompt_and_best_response():
   _register("test_pref_sft", {"train": [pref.PreferenceRow("q", ("worse", "best"), (2, 1))]})
   ex = next(iter(seqio.get_mixture_or_task("test_pref_sft").get_dataset(LENGTHS, "train", shuffle=False)))
   assert _decode(ex["inputs"]) == "q\n" and _decode(ex["targets"]) == "best"
+
+
+def test_encoder_decoder_rows_give_each_sequence_its_own_prompt_copy():
+  from itjax.models.features import FeatureLayout
+  layout = FeatureLayout("enc_dec", inputs_eos_id=1)
+  rows = [pref.PreferenceRow(f"q{i}?", (f"good{i}", f"bad{i}x"), (1, 2)) for i in range(5)]
+  _register("test_pref_t5", {"train": rows})
+  seen = {}
+  for batch in pref.preference_dataset("test_pref_t5", LENGTHS, 2, seed=None, layout=layout).as_numpy_iterator():
+    assert batch["encoder_input_tokens"].shape[1] == 2 * LENGTHS["inputs"]
+    assert batch["decoder_target_tokens"].shape[1] == 2 * LENGTHS["targets"]
+    for r in range(len(batch[PREFERENCE_IDS])):
+      ids, eids = batch[PREFERENCE_IDS][r], batch["encoder_segment_ids"][r]
+      for side in range(1, int(ids.max()) + 1):
+        enc = batch["encoder_input_tokens"][r][eids == side]
+        dec = batch["decoder_target_tokens"][r][ids == side]
+        assert enc[-1] == 1 and (batch["decoder_loss_weights"][r][ids == side] == 1).all()
+        np.testing.assert_array_equal(batch["encoder_positions"][r][eids == side], np.arange(len(enc)))
+        seen.setdefault(_decode(enc[:-1]), []).append(_decode(dec))
+  assert seen["q2?\n"] == ["good2", "bad2x"] and len(seen) == 5
