@@ -64,6 +64,9 @@ class T5Config(Numerics):
   # Ends every encoder input (T5/Flan-T5 were trained so; HF's T5 tokenizers append it): HF eos_token_id.
   eos_id: int = 1
   peft: PeftConfig | None = None  # parameter-efficient tuning (LoRA, prefixes, adapters); see itjax.peft
+  # A reward model: a `score` [embed, 1] head in place of the LM head, read at each decoder position (the
+  # reward is the score at a response's last position: it has read the encoded prompt and the whole response).
+  score_head: bool = False
 
   def __post_init__(self):
     check_fields(self, minimum={"eos_id": 0})
@@ -353,7 +356,10 @@ class T5(nn.Module):
         (cfg.vocab_size, cfg.emb_dim), cfg.params_dtype)
     self.encoder = T5Encoder(cfg)
     self.decoder = T5Decoder(cfg)
-    if not cfg.tie_embeddings:
+    if cfg.score_head:
+      self.score = self.param("score", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", None)),
+                              (cfg.emb_dim, 1), cfg.params_dtype)
+    elif not cfg.tie_embeddings:
       self.lm_head = self.param("lm_head", nn.with_logical_partitioning(dense_init(cfg.emb_dim), ("embed", "vocab")),
                                 (cfg.emb_dim, cfg.vocab_size), cfg.params_dtype)
 
@@ -384,6 +390,8 @@ class T5(nn.Module):
       y = y * (cfg.emb_dim ** -0.5)
     if hidden:
       return y
+    if cfg.score_head:
+      return jnp.einsum("ble,eo->blo", y, self.score.astype(cfg.compute_dtype)).astype(jnp.float32)
     logits = vocab_logits(y, self.embedding if cfg.tie_embeddings else self.lm_head, tied=cfg.tie_embeddings,
                           dtype=cfg.compute_dtype)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

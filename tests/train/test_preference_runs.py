@@ -155,3 +155,15 @@ def test_dpo_trains_an_encoder_decoder_on_preference_rows(tmp_path):
   acc0, _, pairs = _validation(d, 0)
   acc, margin, _ = _validation(d, 40)
   assert pairs == 64 and acc0 == 0.0 and acc >= 0.75 and margin > 0, (acc, margin)
+
+
+def test_an_encoder_decoder_reward_model_learns_to_rank(tmp_path):
+  """T5 with a score head: the reward is the score at a response's last decoder position."""
+  t5 = [f"--gin_file={REPO}/tests/tiny_t5.gin", "--gin.DROPOUT_RATE=0.0", *TASK[:-1]]
+  d = tmp_path / "t5_rm"
+  assert train(d, *t5, "--gin.train.objective=@reward()", "--gin.T5Config.score_head=True",
+               "--gin.train.validation_split='validation'", "--gin.TRAIN_STEPS=80", "--gin.CHECKPOINT_PERIOD=80",
+               "--gin.LEARNING_RATE=3e-3") == 0
+  acc0, _, _ = _validation(d, 0)
+  acc, margin, _ = _validation(d, 80)
+  assert acc >= 0.75 and acc > acc0 + 0.2 and margin > 0, (acc0, acc, margin)  # from a random start
