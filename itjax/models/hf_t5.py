@@ -248,6 +248,9 @@ def params_from_hf(cfg: T5Config, tensors: Mapping[str, np.ndarray]) -> Params:
 
 def params_to_hf(cfg: T5Config, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """HF tensors (contiguous numpy, dtype of the params) from itjax params; UserError lists every mismatch."""
+  if cfg.score_head:
+    raise UserError("a T5 reward model (T5Config.score_head) has no Hugging Face export: HF's "
+                    "T5ForSequenceClassification pools another way, through another head")
   flat = hf_io.flatten(nn.meta.unbox(dict(params)))
   hf_io.check_shapes(param_shapes(cfg), {name: tuple(np.shape(v)) for name, v in flat.items()}, "itjax params")
   flat = {name: np.asarray(value) for name, value in jax.device_get(flat).items()}
