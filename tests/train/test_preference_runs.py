@@ -167,3 +167,29 @@ def test_an_encoder_decoder_reward_model_learns_to_rank(tmp_path):
   acc0, _, _ = _validation(d, 0)
   acc, margin, _ = _validation(d, 80)
   assert acc >= 0.75 and acc > acc0 + 0.2 and margin > 0, (acc0, acc, margin)  # from a random start
+
+
+def test_a_python_reward_function_sees_each_prompt_completion_and_answer():
+  import jax
+  import jax.numpy as jnp
+
+  from itjax.train.objectives import rollouts
+  seen = []
+
+  def fn(prompts, completions, answers):
+    seen.append((prompts, completions, answers))
+    return [float(c == a) for c, a in zip(completions, answers, strict=True)]
+
+  # Two unpacked rows: BOS + prompt [5, 6] with answer [7, EOS]; BOS + prompt [8] with answer [9, 9, EOS].
+  batch = {"decoder_input_tokens": jnp.asarray([[0, 5, 6, 7, 0, 0], [0, 8, 9, 9, 0, 0]]),
+           "decoder_target_tokens": jnp.asarray([[5, 6, 7, 1, 0, 0], [8, 9, 9, 1, 0, 0]]),
+           "decoder_loss_weights": jnp.asarray([[0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0]])}
+  prompts, mask, answers = rollouts.left_aligned_prompts(batch)
+  completions = jnp.asarray([[7, 1, 0], [9, 4, 1]])
+  tokens = jnp.concatenate([prompts, completions], axis=1)
+  seg = jnp.concatenate([mask, rollouts.completion_mask(completions, 1).astype(jnp.int32)], axis=1)
+  rollout = {"decoder_input_tokens": tokens[:, :-1], "decoder_segment_ids": seg[:, :-1]}
+  got = jax.jit(lambda r, c, a: rollouts.python_rewards(fn, r, c, a, 1))(rollout, completions, answers)
+  assert list(map(float, got)) == [1.0, 0.0]
+  assert seen[0] == ([[5, 6], [8]], [[7, 1], [9, 4, 1]], [[7, 1], [9, 9, 1]])
+  assert rollouts.token_f1([[1]], [[9, 4, 1]], [[9, 9, 1]]) == [2 * 2 / 6]

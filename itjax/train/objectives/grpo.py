@@ -17,6 +17,8 @@ the prompt is BOS + the row's inputs, the answer its targets. Rewards (`reward`)
 
 - "exact_match": 1 when the completion equals the reference answer token for token (EOS included), else 0 —
   a verifiable reward for tasks with one right answer (sums, copying);
+- "python": `grpo.reward_fn`, any Python function of (prompts, completions, answers) as token-id lists ->
+  one reward each, run on the host once per step (`rollouts.python_rewards`; e.g. `@token_f1`);
 - "model": the score of a reward model (`grpo.reward_model`: its checkpoint, trained with `@reward()`, frozen)
   for prompt + completion, at the position whose target is the completion's last token (its EOS), as the reward
   model was trained.
@@ -59,6 +61,7 @@ class GRPO:
   epsilon: float = 0.2  # ratio clip
   reward: str = "exact_match"
   reward_model: str | None = None  # reward="model": a reward model's checkpoint (step dir or MODEL_DIR)
+  reward_fn: Any = None  # reward="python": a function (prompts, completions, answers) -> rewards (rollouts.RewardFn)
   eos_id: int = 1
   seed: int = 0
 
@@ -71,7 +74,7 @@ class GRPO:
       raise UserError(f"grpo.temperature={self.temperature!r} must be > 0 (sampling)")
     if not isinstance(self.beta, (int, float)) or self.beta < 0:
       raise UserError(f"grpo.beta={self.beta!r} must be >= 0")
-    object.__setattr__(self, "_rewards", Rewards(self.reward, self.reward_model, "grpo"))
+    object.__setattr__(self, "_rewards", Rewards(self.reward, self.reward_model, "grpo", self.reward_fn))
 
   @property
   def frozen_trees(self) -> tuple[str, ...]:

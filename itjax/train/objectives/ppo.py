@@ -85,6 +85,7 @@ class PPO:
   epochs: int = 1  # optimizer updates per rollout (TRL's num_ppo_epochs); > 1 makes the ratio and clips act
   reward: str = "exact_match"
   reward_model: str | None = None
+  reward_fn: Any = None  # reward="python": a function (prompts, completions, answers) -> rewards (rollouts.RewardFn)
   eos_id: int = 1
   seed: int = 0
 
@@ -103,7 +104,7 @@ class PPO:
         raise UserError(f"ppo.{field}={v!r} must be a number >= 0")
     if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
       raise UserError(f"ppo.temperature={self.temperature!r} must be > 0 (sampling)")
-    object.__setattr__(self, "_rewards", Rewards(self.reward, self.reward_model, "ppo"))
+    object.__setattr__(self, "_rewards", Rewards(self.reward, self.reward_model, "ppo", self.reward_fn))
 
   @property
   def frozen_trees(self) -> tuple[str, ...]:

@@ -10,11 +10,13 @@ the score of a frozen reward model (`@reward()`) at the position whose target is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from itjax.core.model_dir import load_model_config
 from itjax.errors import UserError
@@ -22,7 +24,10 @@ from itjax.models import decoding
 from itjax.models.families import interface_for
 from itjax.train.objectives.base import Batch
 
-REWARDS = ("exact_match", "model")
+REWARDS = ("exact_match", "model", "python")
+# A Python reward function (reward="python"): (prompts, completions, answers) as token-id lists (completions up to
+# and including EOS) -> one float per completion; it runs on the host (`jax.pure_callback`), once per step.
+RewardFn = Callable[[list[list[int]], list[list[int]], list[list[int]]], Sequence[float]]
 
 
 def left_aligned_prompts(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -96,6 +101,7 @@ class Rewards:
   kind: str = "exact_match"
   reward_model: str | None = None  # kind="model": a reward model's checkpoint (step dir or MODEL_DIR)
   who: str = "grpo"
+  fn: RewardFn | None = None  # kind="python"
 
   def __post_init__(self):
     if self.kind not in REWARDS:
@@ -103,6 +109,11 @@ class Rewards:
     if (self.kind == "model") != (self.reward_model is not None):
       raise UserError(f"{self.who}.reward='model' needs {self.who}.reward_model (a reward model's checkpoint), and "
                       f"{self.who}.reward_model applies only with {self.who}.reward='model'")
+    if (self.kind == "python") != (self.fn is not None):
+      raise UserError(f"{self.who}.reward='python' needs {self.who}.reward_fn (a Python function, e.g. "
+                      f"{self.who}.reward_fn = @token_f1), and {self.who}.reward_fn applies only with reward='python'")
+    if self.fn is not None and not callable(self.fn):
+      raise UserError(f"{self.who}.reward_fn={self.fn!r} is not callable")
     if self.reward_model is not None:
       cfg = load_model_config(self.reward_model)
       if not getattr(cfg, "score_head", False):
@@ -123,4 +134,38 @@ class Rewards:
     if self.kind == "model":
       scores = interface_for(self.config).logits(frozen["reward_model"], rollout)[..., 0]
       return (scores * last_weighted(rollout["decoder_loss_weights"])).sum(axis=1)
+    if self.kind == "python":
+      return python_rewards(self.fn, rollout, completions, answers, eos_id)
     return exact_match(completions, answers, eos_id)
+
+
+def python_rewards(fn: RewardFn, rollout: Mapping[str, jax.Array], completions: jax.Array, answers: jax.Array,
+                   eos_id: int) -> jax.Array:
+  """`fn` of each rollout's (prompt, completion, answer) token lists, on the host, as a [rows] float32 array."""
+  keep = completion_mask(completions, eos_id)
+  answer_keep = completion_mask(answers, eos_id)
+  seg, tokens = rollout["decoder_segment_ids"], rollout["decoder_input_tokens"]
+  width = completions.shape[1]
+  prompt_mask = seg[:, :tokens.shape[1] - width + 1]  # the prompt columns (left-padded; BOS first)
+
+  def host(prompt, prompt_mask, completions, keep, answers, answer_keep):
+    lists = lambda x, m, skip=0: [[int(t) for t, k in zip(r, mr, strict=True) if k][skip:]  # noqa: E731
+                                  for r, mr in zip(x, m, strict=True)]
+    out = fn(lists(prompt, prompt_mask, 1), lists(completions, keep), lists(answers, answer_keep))
+    out = np.asarray(out, np.float32)
+    if out.shape != (completions.shape[0],):
+      raise UserError(f"reward_fn returned {out.shape} rewards for {completions.shape[0]} completions")
+    return out
+
+  return jax.pure_callback(host, jax.ShapeDtypeStruct((completions.shape[0],), jnp.float32),
+                           tokens[:, :prompt_mask.shape[1]], prompt_mask, completions, keep, answers, answer_keep)
+
+
+@gin.configurable
+def token_f1(prompts: list[list[int]], completions: list[list[int]], answers: list[list[int]]) -> list[float]:
+  """A Python reward example (`reward_fn = @token_f1`): the token-bag F1 of completion and answer (EOS included)."""
+  out = []
+  for c, a in zip(completions, answers, strict=True):
+    common = sum(min(c.count(t), a.count(t)) for t in set(c))
+    out.append(0.0 if not common else 2 * common / (len(c) + len(a)))
+  return out
