@@ -218,6 +218,10 @@ def run(argv: Sequence[str]) -> int:
   if args.tasks_module and args.command in ("convert", "serve"):
     raise UserError(f"`itjax {args.command}` reads no tasks: --tasks_module is for train, eval, tasks and data")
   _quiet_libraries()
+  if args.command in ("train", "eval", "infer", "compile"):
+    import gin
+
+    gin.clear_config()  # unlocks what an earlier command in this process finalized: new configurables register
   if args.command in ("train", "eval", "infer"):
     # Each command imports its own modules (before gin parses: they register configurables); train and eval
     # read task data (TensorFlow, seqio), infer does not.
