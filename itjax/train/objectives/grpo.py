@@ -37,10 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from itjax.errors import UserError, check_int
-from itjax.models.features import PREFIX_LM, FeatureLayout
 from itjax.train.objectives.base import Batch, Sums
 from itjax.train.objectives.preference import token_logps
-from itjax.train.objectives.rollouts import Rewards, reference_of, sample
+from itjax.train.objectives.rollouts import Rewards, RolloutObjective, reference_of, sample
 
 
 def group_advantages(rewards: jax.Array, group_size: int, eps: float = 1e-4) -> jax.Array:
@@ -51,7 +50,7 @@ def group_advantages(rewards: jax.Array, group_size: int, eps: float = 1e-4) -> 
 
 @gin.configurable("grpo")
 @dataclasses.dataclass(frozen=True)
-class GRPO:
+class GRPO(RolloutObjective):
   """Group-relative policy optimization (`train.objective = @grpo()`); see the module docstring."""
 
   group_size: int = 4
@@ -75,25 +74,6 @@ class GRPO:
     if not isinstance(self.beta, (int, float)) or self.beta < 0:
       raise UserError(f"grpo.beta={self.beta!r} must be >= 0")
     object.__setattr__(self, "_rewards", Rewards(self.reward, self.reward_model, "grpo", self.reward_fn))
-
-  @property
-  def frozen_trees(self) -> tuple[str, ...]:
-    return ("reference", *self._rewards.frozen_trees)
-
-  def frozen_models(self) -> dict[str, tuple[Any, str]]:
-    """The frozen reward model the builder loads beside the reference: {name: (config, checkpoint)}."""
-    return self._rewards.frozen_models()
-
-  def features(self, layout: FeatureLayout) -> tuple[str, ...]:
-    if layout.kind != PREFIX_LM:
-      raise UserError("train.objective=grpo samples with the decoder-only model interface; encoder-decoders are "
-                      "not supported yet")
-    return ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
-
-  def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
-    if pack:
-      raise UserError("train.objective=grpo reads one prompt per row: set stream_settings.pack = False")
-    return layout.model_lengths(feature_lengths, pack=False)
 
   def prepare(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any], step: jax.Array) -> Batch:
     """Rollouts, rewards, advantages and reference log-probs for the batch's prompts (no gradient)."""

@@ -29,12 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from itjax.errors import UserError, check_int
-from itjax.models.features import PREFIX_LM, FeatureLayout
 from itjax.train.objectives.base import Batch, Sums
 from itjax.train.objectives.preference import token_logps
-from itjax.train.objectives.rollouts import Rewards, last_weighted, reference_of, sample
-
-_PTX = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+from itjax.train.objectives.rollouts import SFT_ROWS, Rewards, RolloutObjective, last_weighted, reference_of, sample
 
 
 def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float, lam: float) -> jax.Array:
@@ -70,7 +67,7 @@ def _values(iface: Any, params: Any, batch: Batch, dropout_rng=None) -> tuple[ja
 
 @gin.configurable("ppo")
 @dataclasses.dataclass(frozen=True)
-class PPO:
+class PPO(RolloutObjective):
   """PPO(-ptx) with a value head (`train.objective = @ppo()`); see the module docstring."""
 
   max_new_tokens: int = 16
@@ -106,24 +103,6 @@ class PPO:
       raise UserError(f"ppo.temperature={self.temperature!r} must be > 0 (sampling)")
     object.__setattr__(self, "_rewards", Rewards(self.reward, self.reward_model, "ppo", self.reward_fn))
 
-  @property
-  def frozen_trees(self) -> tuple[str, ...]:
-    return ("reference", *self._rewards.frozen_trees)
-
-  def frozen_models(self) -> dict[str, tuple[Any, str]]:
-    return self._rewards.frozen_models()
-
-  def features(self, layout: FeatureLayout) -> tuple[str, ...]:
-    if layout.kind != PREFIX_LM:
-      raise UserError("train.objective=ppo samples with the decoder-only model interface; encoder-decoders are "
-                      "not supported yet")
-    return _PTX
-
-  def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
-    if pack:
-      raise UserError("train.objective=ppo reads one prompt per row: set stream_settings.pack = False")
-    return layout.model_lengths(feature_lengths, pack=False)
-
   def prepare(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any], step: jax.Array) -> Batch:
     """Rollouts, rewards, old log-probs and values, GAE advantages and returns (no gradient)."""
     key = jax.random.fold_in(jax.random.key(self.seed), step)
@@ -138,7 +117,7 @@ class PPO:
     token_rewards = -self.kl_coef * kl + scores[:, None] * last_weighted(w)
     adv = gae(token_rewards, values, w, self.gamma, self.lam)
     rollout.update(rewards=scores, advantages=_whiten(adv, w), returns=(adv + values) * w, old_values=values,
-                   old_logps=old, kl_to_reference=kl, **{f"ptx_{k}": batch[k] for k in _PTX})
+                   old_logps=old, kl_to_reference=kl, **{f"ptx_{k}": batch[k] for k in SFT_ROWS})
     return jax.lax.stop_gradient(rollout)
 
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
@@ -155,7 +134,7 @@ class PPO:
     loss = ((pg + self.vf_coef * vl) * w).sum()
     out = {}
     if self.ptx_coef > 0:
-      ptx = {k: batch[f"ptx_{k}"] for k in _PTX}
+      ptx = {k: batch[f"ptx_{k}"] for k in SFT_ROWS}
       pw = ptx["decoder_loss_weights"].astype(jnp.float32)
       nll = -(token_logps(iface.logits(params, ptx, dropout_rng=dropout_rng), ptx["decoder_target_tokens"]) * pw)
       ptx_mean = nll.sum() / jnp.maximum(pw.sum(), 1.0)

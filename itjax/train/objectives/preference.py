@@ -148,10 +148,7 @@ class Preference:
 
   def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
     """Rows of whole pairs, twice SFT's length (`itjax.data.preference`); always packed."""
-    try:
-      return preference_lengths(layout, feature_lengths)
-    except ValueError as e:
-      raise UserError(f"train.objective={self.method}: {e}") from None
+    return preference_lengths(layout, feature_lengths)
 
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:

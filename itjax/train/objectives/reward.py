@@ -60,10 +60,7 @@ class RewardModel:
     return (*layout.feature_keys, PREFERENCE_IDS)
 
   def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
-    try:
-      return preference_lengths(layout, feature_lengths)
-    except ValueError as e:
-      raise UserError(f"train.objective=reward: {e}") from None
+    return preference_lengths(layout, feature_lengths)
 
   def loss_sums(self, iface: Any, params: Any, batch: Batch, frozen: Mapping[str, Any],
                 dropout_rng: jax.Array | None) -> Sums:

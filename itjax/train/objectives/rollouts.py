@@ -22,6 +22,7 @@ from itjax.core.model_dir import load_model_config
 from itjax.errors import UserError
 from itjax.models import decoding
 from itjax.models.families import interface_for
+from itjax.models.features import PREFIX_LM, FeatureLayout
 from itjax.train.objectives.base import Batch
 
 REWARDS = ("exact_match", "model", "python")
@@ -159,6 +160,36 @@ def python_rewards(fn: RewardFn, rollout: Mapping[str, jax.Array], completions: 
 
   return jax.pure_callback(host, jax.ShapeDtypeStruct((completions.shape[0],), jnp.float32),
                            tokens[:, :prompt_mask.shape[1]], prompt_mask, completions, keep, answers, answer_keep)
+
+
+SFT_ROWS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+
+
+class RolloutObjective:
+  """What GRPO and PPO share: unpacked SFT rows in, a frozen reference (and reward model) beside the policy.
+  Subclasses set `name` and, in `__post_init__`, `_rewards` (a `Rewards`)."""
+
+  name: str
+  _rewards: Rewards
+
+  @property
+  def frozen_trees(self) -> tuple[str, ...]:
+    return ("reference", *self._rewards.frozen_trees)
+
+  def frozen_models(self) -> dict[str, tuple[Any, str]]:
+    """The frozen reward model the builder loads beside the reference: {name: (config, checkpoint)}."""
+    return self._rewards.frozen_models()
+
+  def features(self, layout: FeatureLayout) -> tuple[str, ...]:
+    if layout.kind != PREFIX_LM:
+      raise UserError(f"train.objective={self.name} samples with the decoder-only model interface; "
+                      "encoder-decoders are not supported yet")
+    return SFT_ROWS
+
+  def batch_lengths(self, layout: FeatureLayout, feature_lengths: Mapping[str, int], pack: bool) -> dict[str, int]:
+    if pack:
+      raise UserError(f"train.objective={self.name} reads one prompt per row: set stream_settings.pack = False")
+    return layout.model_lengths(feature_lengths, pack=False)
 
 
 @gin.configurable
